@@ -1,0 +1,158 @@
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+// env builds a getenv from the minimal valid environment plus overrides.
+func env(overrides map[string]string) func(string) string {
+	base := map[string]string{
+		"DATABASE_URL": "postgres://app:s3cret@db:5432/payservice?sslmode=disable",
+		"API_KEYS":     "client_a:key_a,client_b:key_b",
+	}
+	for k, v := range overrides {
+		base[k] = v
+	}
+	return func(k string) string { return base[k] }
+}
+
+func TestLoad_Defaults(t *testing.T) {
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"HTTPAddr", c.HTTPAddr, ":8080"},
+		{"AdminAddr", c.AdminAddr, ":9090"},
+		{"ShutdownDrainDelay", c.ShutdownDrainDelay, 5 * time.Second},
+		{"ShutdownTimeout", c.ShutdownTimeout, 15 * time.Second},
+		{"LogLevel", c.LogLevel, slog.LevelInfo},
+		{"LogFormat", c.LogFormat, "json"},
+		{"MigrateOnStart", c.MigrateOnStart, true},
+		{"DBMaxOpenConns", c.DBMaxOpenConns, 20},
+		{"APIKeys", len(c.APIKeys), 2},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
+		}
+	}
+}
+
+func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string
+	}{
+		{"missing database url", map[string]string{"DATABASE_URL": ""}, "DATABASE_URL is required"},
+		{"database url wrong scheme", map[string]string{"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL=(hidden): scheme must be postgres or postgresql"},
+		{"missing api keys", map[string]string{"API_KEYS": ""}, "API_KEYS is required"},
+		{"api key without secret", map[string]string{"API_KEYS": "client_a:"}, "API_KEYS=(hidden): entry 1 is not client_id:secret"},
+		{"duplicate client", map[string]string{"API_KEYS": "a:k1,a:k2"}, `client id "a" appears twice`},
+		{"shared secret", map[string]string{"API_KEYS": "a:k1,b:k1"}, "entry 2 reuses another client's secret"},
+		{"bad duration", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, "SHUTDOWN_TIMEOUT=soon: not a duration"},
+		{"zero duration", map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT=0s: must be greater than zero"},
+		{"negative drain", map[string]string{"SHUTDOWN_DRAIN_DELAY": "-1s"}, "SHUTDOWN_DRAIN_DELAY=-1s: negative"},
+		{"bad int", map[string]string{"DB_MAX_OPEN_CONNS": "many"}, "DB_MAX_OPEN_CONNS=many: not an integer"},
+		{"int out of range", map[string]string{"DB_MAX_OPEN_CONNS": "0"}, "DB_MAX_OPEN_CONNS=0: out of range [1, 1000]"},
+		{"idle above open", map[string]string{"DB_MAX_OPEN_CONNS": "2", "DB_MAX_IDLE_CONNS": "3"}, "DB_MAX_IDLE_CONNS=3 must not exceed DB_MAX_OPEN_CONNS=2"},
+		{"bad bool", map[string]string{"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START=maybe: not a boolean"},
+		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: not one of debug, info, warn, error"},
+		{"bad format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT=xml: not one of json, text"},
+		{"provider url no host", map[string]string{"PROVIDER_URL": "http://"}, "PROVIDER_URL=(hidden): no host"},
+		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
+		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s must not exceed REQUEST_TIMEOUT=10s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(env(tt.env))
+			if err == nil {
+				t.Fatalf("Load succeeded, want error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error = %q\nwant it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestLoad_ReportsEveryProblemOnItsOwnLine(t *testing.T) {
+	_, err := Load(func(string) string { return "" })
+	if err == nil {
+		t.Fatal("Load of an empty environment succeeded")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "DATABASE_URL is required") || !strings.HasPrefix(lines[1], "API_KEYS is required") {
+		t.Fatalf("want one line for DATABASE_URL and one for API_KEYS, got:\n%s", err)
+	}
+}
+
+func TestLoad_NeverEchoesSecrets(t *testing.T) {
+	_, err := Load(env(map[string]string{"API_KEYS": "client_a:topsecret,broken"}))
+	if err == nil || strings.Contains(err.Error(), "topsecret") {
+		t.Fatalf("error must exist and must not contain the secret: %v", err)
+	}
+
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", c)
+	logged := buf.String()
+	for _, secret := range []string{"s3cret", "key_a", "key_b"} {
+		if strings.Contains(logged, secret) {
+			t.Errorf("logged configuration contains %q:\n%s", secret, logged)
+		}
+	}
+	for _, want := range []string{"client_a:***", "HTTP_ADDR=:8080", "app:xxxxx@db"} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("logged configuration lacks %q:\n%s", want, logged)
+		}
+	}
+}
+
+func TestUsage_ListsEveryVariableWithDefault(t *testing.T) {
+	var buf bytes.Buffer
+	Usage(&buf)
+	out := buf.String()
+	for _, v := range bind(&Config{}) {
+		if !strings.Contains(out, v.name) {
+			t.Errorf("usage lacks %s", v.name)
+		}
+		if v.def != "" && !strings.Contains(out, fmt.Sprintf("%s  ", v.def)) {
+			t.Errorf("usage lacks default %q of %s", v.def, v.name)
+		}
+	}
+	for _, name := range []string{"HTTP_ADDR", "ADMIN_ADDR", "DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL", "PROVIDER_URL", "API_KEYS", "SHUTDOWN_DRAIN_DELAY", "SHUTDOWN_TIMEOUT", "LOG_LEVEL"} {
+		if !strings.Contains(out, name) {
+			t.Errorf("usage lacks the contract variable %s", name)
+		}
+	}
+}
+
+func TestLoad_OnlyNamedVariables(t *testing.T) {
+	// A healthcheck runs with whatever environment the container has; it
+	// must not fail for want of variables it does not use.
+	c, err := Load(func(k string) string {
+		return map[string]string{"HTTP_ADDR": "127.0.0.1:8000", "LOG_LEVEL": "nonsense"}[k]
+	}, "HTTP_ADDR")
+	if err != nil {
+		t.Fatalf("Load(HTTP_ADDR only): %v", err)
+	}
+	if c.HTTPAddr != "127.0.0.1:8000" || c.DatabaseURL != "" {
+		t.Fatalf("got HTTPAddr=%q DatabaseURL=%q", c.HTTPAddr, c.DatabaseURL)
+	}
+	if _, err := Load(func(string) string { return "" }, "DATABASE_URL"); err == nil || !strings.Contains(err.Error(), "DATABASE_URL is required") {
+		t.Fatalf("a named required variable must still be required, got %v", err)
+	}
+}
