@@ -1,0 +1,158 @@
+// Package fakeprovider is an in-memory fake of a card payment provider's
+// charges API with switchable fault injection, for tests, local runs and game
+// days.
+//
+// It reproduces what a payment client has to survive — declines, idempotent
+// replays, outages, slow answers and the ambiguous "charged, but the answer
+// was lost" outcome — and nothing more. The trade-offs follow from that: the
+// ledger lives in memory, so a restart forgets every charge; there is no
+// authentication, so anyone who can reach it can change its faults; and
+// currencies and references are echoed, not validated. Every request is
+// decided under one mutex, which serialises the fake but makes "one key, one
+// charge" trivially true under any concurrency. Fault decisions draw from an
+// injectable random source (see WithRandom), so tests can make them
+// deterministic.
+package fakeprovider
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Provider is the fake provider: an http.Handler serving the charges API
+// under /v1/ and the fault controls under /_faults. Build one with New; it is
+// safe for concurrent use.
+type Provider struct {
+	mux *http.ServeMux
+
+	mu      sync.Mutex
+	random  func() float64 // called with mu held, so it need not be safe for concurrent use
+	newID   func() string  // called with mu held, likewise
+	faults  Faults
+	charges []Charge       // in the order they were made, for listing
+	byKey   map[string]int // idempotency key → index into charges
+}
+
+// Option configures a Provider built by New.
+type Option func(*Provider)
+
+// WithRandom makes fault decisions draw from random, which must return values
+// in [0, 1). A fault with rate r happens when random() < r; a rate of 0 never
+// draws, so a scripted sequence is consumed only by the faults that are on.
+// The default is math/rand/v2's Float64.
+func WithRandom(random func() float64) Option {
+	return func(p *Provider) { p.random = random }
+}
+
+// WithChargeIDs makes the provider name new charges with newID instead of
+// "ch_" and 24 random hex digits. It is called once per recorded charge,
+// while the charge is being recorded, and must not return the same ID twice.
+func WithChargeIDs(newID func() string) Option {
+	return func(p *Provider) { p.newID = newID }
+}
+
+// New returns a provider with an empty ledger and no faults.
+func New(opts ...Option) *Provider {
+	p := &Provider{
+		random: rand.Float64,
+		newID:  randomChargeID,
+		byKey:  make(map[string]int),
+	}
+	for _, opt := range opts {
+		opt(p)
+	}
+	p.mux = p.routes()
+	return p
+}
+
+func (p *Provider) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/charges", p.delayed(p.createCharge))
+	mux.Handle("GET /v1/charges", p.delayed(p.listCharges))
+	mux.Handle("GET /_faults", immediate(p.getFaults))
+	mux.Handle("PUT /_faults", immediate(p.putFaults))
+	mux.Handle("DELETE /_faults", immediate(p.deleteFaults))
+
+	// ServeMux would answer these in text/plain; a client of a JSON API
+	// should be able to decode every answer it gets.
+	mux.Handle("/v1/charges", methodNotAllowed("GET, HEAD, POST"))
+	mux.Handle("/_faults", methodNotAllowed("DELETE, GET, HEAD, PUT"))
+	mux.Handle("/", immediate(func(r *http.Request) answer {
+		return errorAnswer(http.StatusNotFound, "not_found", "no route for "+r.Method+" "+r.URL.Path)
+	}))
+	return mux
+}
+
+// ServeHTTP serves the charges API and the fault controls.
+func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mux.ServeHTTP(w, r)
+}
+
+// delayed serves h's answer after the injected latency. h decides first —
+// and may record a charge — and only then does the provider wait, so a client
+// that gives up during the wait leaves a charge it never heard about: the
+// ambiguous outcome the latency fault exists to produce. The wait ends with
+// the request's context, so an abandoned request frees its goroutine at once
+// instead of holding it, and a server's shutdown, for up to MaxLatency.
+func (p *Provider) delayed(h func(*http.Request) answer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		a := h(r)
+		if !wait(r.Context(), p.Faults().Latency()) {
+			return // nobody is listening any more; what h recorded stands
+		}
+		a.write(w)
+	})
+}
+
+// immediate serves h's answer without the injected latency: the fault
+// controls must stay quick, or a test could not switch a slow provider off.
+func immediate(h func(*http.Request) answer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
+		h(r).write(w)
+	})
+}
+
+func methodNotAllowed(allow string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		errorAnswer(http.StatusMethodNotAllowed, "method_not_allowed",
+			r.Method+" is not allowed on "+r.URL.Path+"; allowed: "+allow).write(w)
+	})
+}
+
+// wait blocks for d or until ctx ends, whichever comes first, and reports
+// whether all of d passed.
+func wait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// draw reports whether a fault with the given rate happens this time.
+// The caller holds p.mu.
+func (p *Provider) draw(rate float64) bool {
+	return rate > 0 && p.random() < rate
+}
+
+func randomChargeID() string {
+	var b [12]byte
+	// crypto/rand.Read never returns an error: since Go 1.24 it crashes the
+	// program instead, as there is no safe way to go on without randomness.
+	_, _ = crand.Read(b[:])
+	return "ch_" + hex.EncodeToString(b[:])
+}
