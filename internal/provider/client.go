@@ -1,0 +1,260 @@
+// Package provider is the HTTP client of the payment provider.
+//
+// Its job is to turn every HTTP exchange into one of three outcomes a payment
+// can act on: an answer (charged or declined), a failure that certainly did
+// not charge (the request was never sent), or a failure whose outcome is
+// unknown (the request may have reached the provider). Getting this right is
+// what lets the service retry safely: every charge carries the payment id as
+// the provider's idempotency key, so repeating an unknown outcome can only
+// return the original charge, never make a second one.
+//
+// The client does one attempt per call, bounded by its own timeout. Retries,
+// the circuit breaker and the other protections of internal/resilience wrap
+// it from outside, behind the same methods, so this file stays about HTTP and
+// nothing else.
+package provider
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Charge statuses the provider answers with.
+const (
+	ChargeSucceeded = "succeeded"
+	ChargeDeclined  = "declined"
+)
+
+// ChargeRequest asks the provider to charge. IdempotencyKey must be stable
+// across retries of the same payment: payservice uses the payment id.
+type ChargeRequest struct {
+	IdempotencyKey string
+	Amount         int64
+	Currency       string
+	Reference      string
+}
+
+// Charge is the provider's record of a charge attempt. A declined charge is
+// an answer, not an error.
+type Charge struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	Amount    int64  `json:"amount"`
+	Currency  string `json:"currency"`
+	Reference string `json:"reference"`
+	Code      string `json:"code,omitempty"` // why it was declined
+}
+
+// Sentinels for the two ways a call can fail. Every error the client returns
+// matches exactly one of them with errors.Is.
+var (
+	// ErrNotSent means the request never left this process, or never
+	// reached the provider: nothing can have been charged.
+	ErrNotSent = errors.New("provider request not sent")
+	// ErrOutcomeUnknown means the request may have reached the provider
+	// and we did not get a definite answer: it may or may not have charged.
+	ErrOutcomeUnknown = errors.New("provider outcome unknown")
+)
+
+// Error describes a failed provider call.
+type Error struct {
+	Op         string        // "charge" or "find charge"
+	StatusCode int           // HTTP status, or 0 when there was no response
+	RetryAfter time.Duration // from the Retry-After header, 0 when absent
+	Sent       bool          // whether the request may have reached the provider
+	Timeout    bool          // whether the attempt's own timeout expired
+	Err        error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "provider %s", e.Op)
+	if e.StatusCode != 0 {
+		fmt.Fprintf(&b, ": status %d", e.StatusCode)
+	}
+	if e.Err != nil {
+		fmt.Fprintf(&b, ": %v", e.Err)
+	}
+	if !e.Sent {
+		b.WriteString(" (not sent)")
+	}
+	return b.String()
+}
+
+// Unwrap exposes the cause and the outcome sentinel, so both
+// errors.Is(err, context.Canceled) and errors.Is(err, ErrNotSent) work.
+func (e *Error) Unwrap() []error {
+	outcome := ErrOutcomeUnknown
+	if !e.Sent {
+		outcome = ErrNotSent
+	}
+	if e.Err == nil {
+		return []error{outcome}
+	}
+	return []error{e.Err, outcome}
+}
+
+// Config configures a Client.
+type Config struct {
+	BaseURL        string        // e.g. http://fakeprovider:8081
+	AttemptTimeout time.Duration // bound on one HTTP exchange
+	HTTPClient     *http.Client  // optional; its Timeout is ignored in favour of AttemptTimeout
+}
+
+// Client calls the provider's HTTP API, one attempt per call.
+type Client struct {
+	base    *url.URL
+	http    *http.Client
+	timeout time.Duration
+}
+
+// NewClient returns a client for the provider at cfg.BaseURL.
+func NewClient(cfg Config) (*Client, error) {
+	base, err := url.Parse(strings.TrimSuffix(cfg.BaseURL, "/"))
+	if err != nil || base.Host == "" {
+		return nil, fmt.Errorf("provider base URL %q is not an absolute URL", cfg.BaseURL)
+	}
+	if cfg.AttemptTimeout <= 0 {
+		return nil, fmt.Errorf("provider attempt timeout must be positive, got %s", cfg.AttemptTimeout)
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// The provider is one host: let every worker keep a warm connection.
+		t.MaxIdleConnsPerHost = 64
+		hc = &http.Client{Transport: t}
+	}
+	return &Client{base: base, http: hc, timeout: cfg.AttemptTimeout}, nil
+}
+
+// Charge asks the provider to charge. It returns the charge (succeeded or
+// declined) or an *Error matching ErrNotSent or ErrOutcomeUnknown.
+func (c *Client) Charge(ctx context.Context, req ChargeRequest) (Charge, error) {
+	body, err := json.Marshal(map[string]any{"amount": req.Amount, "currency": req.Currency, "reference": req.Reference})
+	if err != nil {
+		return Charge{}, &Error{Op: "charge", Err: err}
+	}
+	header := http.Header{"Idempotency-Key": {req.IdempotencyKey}, "Content-Type": {"application/json"}}
+	var charge Charge
+	err = c.do(ctx, "charge", http.MethodPost, "/v1/charges", header, body, &charge, http.StatusCreated, http.StatusPaymentRequired)
+	return charge, err
+}
+
+// FindCharge looks up the charge made with an idempotency key. found is
+// false when the provider has no such charge: then it was never made.
+func (c *Client) FindCharge(ctx context.Context, idempotencyKey string) (charge Charge, found bool, err error) {
+	var list struct {
+		Data []Charge `json:"data"`
+	}
+	path := "/v1/charges?idempotency_key=" + url.QueryEscape(idempotencyKey)
+	if err := c.do(ctx, "find charge", http.MethodGet, path, nil, nil, &list, http.StatusOK); err != nil {
+		return Charge{}, false, err
+	}
+	if len(list.Data) == 0 {
+		return Charge{}, false, nil
+	}
+	return list.Data[0], true, nil
+}
+
+// maxResponseBytes bounds what we read from the provider: a misbehaving
+// dependency must not be able to exhaust our memory.
+const maxResponseBytes = 1 << 20
+
+// do performs one HTTP exchange and decodes a JSON answer with one of the
+// accepted statuses into out.
+func (c *Client) do(ctx context.Context, op, method, path string, header http.Header, body []byte, out any, accept ...int) error {
+	attemptCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+
+	// Whether the request may have reached the provider decides whether a
+	// failure is safe (nothing charged) or ambiguous. Once the headers are
+	// written we must assume the provider saw them.
+	var sent atomic.Bool
+	trace := &httptrace.ClientTrace{WroteHeaders: func() { sent.Store(true) }}
+	attemptCtx = httptrace.WithClientTrace(attemptCtx, trace)
+
+	req, err := http.NewRequestWithContext(attemptCtx, method, c.base.String()+path, bytes.NewReader(body))
+	if err != nil {
+		return &Error{Op: op, Err: err}
+	}
+	req.Header = header
+	if req.Header == nil {
+		req.Header = http.Header{}
+	}
+	req.Header.Set("Accept", "application/json")
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// The caller's cancellation is reported as such (ctx.Err), so that
+		// callers can tell it from the provider being slow.
+		timeout := ctx.Err() == nil && errors.Is(attemptCtx.Err(), context.DeadlineExceeded)
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return &Error{Op: op, Sent: sent.Load(), Timeout: timeout, Err: err}
+	}
+	defer resp.Body.Close()
+
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		timeout := ctx.Err() == nil && errors.Is(attemptCtx.Err(), context.DeadlineExceeded)
+		return &Error{Op: op, StatusCode: resp.StatusCode, Sent: true, Timeout: timeout, Err: fmt.Errorf("read response: %w", err)}
+	}
+	for _, status := range accept {
+		if resp.StatusCode == status {
+			if err := json.Unmarshal(data, out); err != nil {
+				return &Error{Op: op, StatusCode: resp.StatusCode, Sent: true, Err: fmt.Errorf("decode response: %w", err)}
+			}
+			return nil
+		}
+	}
+	return &Error{
+		Op:         op,
+		StatusCode: resp.StatusCode,
+		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		Sent:       true,
+		Err:        fmt.Errorf("unexpected answer: %s", snippet(data)),
+	}
+}
+
+// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date
+// (RFC 9110 §10.2.3). It returns 0 when the header is absent or invalid.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		if secs < 0 {
+			return 0
+		}
+		return time.Duration(secs) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil && at.After(now) {
+		return at.Sub(now)
+	}
+	return 0
+}
+
+// snippet shortens a response body for an error message.
+func snippet(b []byte) string {
+	const max = 200
+	s := strings.TrimSpace(string(b))
+	if len(s) > max {
+		s = s[:max] + "…"
+	}
+	if s == "" {
+		return "(empty body)"
+	}
+	return s
+}
