@@ -1,0 +1,138 @@
+// Package payments is the payment domain: what a payment is, which requests
+// are valid, and how creating one drives the provider to exactly one charge.
+//
+// The service here decides; it does no HTTP and no SQL itself. Its rule for
+// money is the one the whole template is built to show: a payment is charged
+// at most once and never lost. The database row (unique per client and
+// idempotency key) is created before the provider is called, and the
+// provider is always called with the payment id as its idempotency key, so
+// any retry — by the client, by the service, or by a replica after a crash —
+// can only meet the original charge.
+package payments
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Status is a payment's state: processing → succeeded | failed. Final
+// states never change.
+type Status string
+
+const (
+	StatusProcessing Status = "processing"
+	StatusSucceeded  Status = "succeeded"
+	StatusFailed     Status = "failed"
+)
+
+// Payment is a payment as clients see it.
+type Payment struct {
+	ID               string
+	ClientID         string
+	Amount           int64
+	Currency         string
+	Status           Status
+	Description      string
+	Metadata         map[string]string
+	ProviderChargeID string // empty until the provider answered
+	FailureCode      string // why it failed, e.g. card_declined
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// Limits of a payment request (DESIGN §2).
+const (
+	MinAmount         = 1
+	MaxAmount         = 99_999_999
+	MaxDescription    = 500 // characters
+	MaxMetadataKeys   = 20
+	MaxMetadataKey    = 40  // characters
+	MaxMetadataValue  = 500 // characters
+	MaxIdempotencyKey = 255
+)
+
+// CreateRequest is what a client asks for. The API layer decodes it; Validate
+// decides whether it makes sense.
+type CreateRequest struct {
+	Amount      int64             `json:"amount"`
+	Currency    string            `json:"currency"`
+	Description string            `json:"description"`
+	Metadata    map[string]string `json:"metadata"`
+}
+
+// FieldError is one semantic problem with a request.
+type FieldError struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
+
+// ValidationError lists every semantic problem with a request, so a client
+// can fix them all at once.
+type ValidationError struct {
+	Errors []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	msgs := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		msgs[i] = fe.Field + ": " + fe.Message
+	}
+	return "invalid payment request: " + strings.Join(msgs, "; ")
+}
+
+// Validate checks the request's semantics and normalises the currency to
+// lower case. Syntax (JSON, types, unknown fields) is the decoder's job.
+func (r *CreateRequest) Validate() error {
+	var errs []FieldError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+
+	if r.Amount < MinAmount || r.Amount > MaxAmount {
+		add("amount", "must be an integer number of minor units between %d and %d", MinAmount, MaxAmount)
+	}
+	r.Currency = strings.ToLower(r.Currency)
+	switch {
+	case r.Currency == "":
+		add("currency", "is required")
+	case !isCurrency(r.Currency):
+		add("currency", "%q is not an ISO 4217 currency code", r.Currency)
+	}
+	if n := utf8.RuneCountInString(r.Description); n > MaxDescription {
+		add("description", "has %d characters, more than %d", n, MaxDescription)
+	}
+	if len(r.Metadata) > MaxMetadataKeys {
+		add("metadata", "has %d keys, more than %d", len(r.Metadata), MaxMetadataKeys)
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Metadata)) {
+		v := r.Metadata[k]
+		if n := utf8.RuneCountInString(k); n == 0 || n > MaxMetadataKey {
+			add("metadata", "key %q must have 1 to %d characters", k, MaxMetadataKey)
+		}
+		if n := utf8.RuneCountInString(v); n > MaxMetadataValue {
+			add("metadata", "value of %q has %d characters, more than %d", k, n, MaxMetadataValue)
+		}
+	}
+	if len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	return nil
+}
+
+// ValidIdempotencyKey reports whether key is 1–255 printable ASCII
+// characters without spaces.
+func ValidIdempotencyKey(key string) bool {
+	if len(key) == 0 || len(key) > MaxIdempotencyKey {
+		return false
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] <= ' ' || key[i] > '~' {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,208 @@
+package payments_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/resiliencekit/payservice/internal/db"
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+type fixture struct {
+	svc  *payments.Service
+	fake *fakeprovider.Provider
+	repo *db.Payments
+}
+
+// newFixture wires the service to a fresh database and an in-process fake
+// provider reached over real HTTP.
+func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) fixture {
+	t.Helper()
+	pool, err := db.Open(testenv.NewDatabase(t), db.PoolConfig{MaxOpenConns: 20, MaxIdleConns: 10, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	var fake *fakeprovider.Provider
+	if providerURL == "" {
+		fake, providerURL = testenv.NewFakeProvider(t)
+	}
+	client, err := provider.NewClient(provider.Config{BaseURL: providerURL, AttemptTimeout: attemptTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := db.NewPayments(pool, nil)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return fixture{svc: payments.NewService(repo, client, log), fake: fake, repo: repo}
+}
+
+func input(key string, amount int64) payments.CreateInput {
+	return payments.CreateInput{
+		ClientID:       "client_a",
+		IdempotencyKey: key,
+		Fingerprint:    "fp-" + key,
+		Request:        payments.CreateRequest{Amount: amount, Currency: "USD"},
+	}
+}
+
+func TestCreate_ChargesOnceAndReplays(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	ctx := context.Background()
+	first, err := f.svc.Create(ctx, input("k1", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := first.Payment
+	if p.Status != payments.StatusSucceeded || p.ProviderChargeID == "" || p.Currency != "usd" || first.Replayed {
+		t.Fatalf("first Create = %+v", first)
+	}
+	again, err := f.svc.Create(ctx, input("k1", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Replayed || again.Payment.ID != p.ID || again.Payment.ProviderChargeID != p.ProviderChargeID {
+		t.Fatalf("replay = %+v, want payment %s replayed", again, p.ID)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("provider has %d charges, want 1", n)
+	}
+	if got := f.fake.ChargesByKey(p.ID); len(got) != 1 {
+		t.Errorf("the provider key is not the payment id: %+v", f.fake.Charges())
+	}
+}
+
+func TestCreate_ConcurrentDuplicatesChargeOnce(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	const n = 20
+	var wg sync.WaitGroup
+	ids := make(chan string, n)
+	for range n {
+		wg.Go(func() {
+			res, err := f.svc.Create(context.Background(), input("dup", 1000))
+			switch {
+			case errors.Is(err, payments.ErrInFlight):
+			case err != nil:
+				t.Errorf("Create: %v", err)
+			default:
+				ids <- res.Payment.ID
+			}
+		})
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[string]bool{}
+	for id := range ids {
+		seen[id] = true
+	}
+	if len(seen) != 1 {
+		t.Errorf("duplicates produced payments %v, want one", seen)
+	}
+	if c := len(f.fake.Charges()); c != 1 {
+		t.Errorf("provider has %d charges, want 1", c)
+	}
+}
+
+func TestCreate_DeclineFailsThePayment(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	res, err := f.svc.Create(context.Background(), input("k", 402))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Payment.Status != payments.StatusFailed || res.Payment.FailureCode != "card_declined" {
+		t.Fatalf("declined payment = %+v", res.Payment)
+	}
+}
+
+func TestCreate_UnknownOutcomeLeavesProcessing(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	if err := f.fake.SetFaults(fakeprovider.Faults{ChargeThenErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Payment.Status != payments.StatusProcessing {
+		t.Fatalf("status %s, want processing: a 500 after charging is not a failure", res.Payment.Status)
+	}
+	stored, err := f.svc.Get(context.Background(), "client_a", res.Payment.ID)
+	if err != nil || stored.Status != payments.StatusProcessing {
+		t.Fatalf("stored payment = %+v, %v", stored, err)
+	}
+}
+
+func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + ln.Addr().String()
+	ln.Close()
+	f := newFixture(t, down, time.Second)
+	_, err = f.svc.Create(context.Background(), input("k", 1000))
+	if !errors.Is(err, payments.ErrUnavailable) {
+		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+	page, err := f.svc.List(context.Background(), "client_a", 10, "")
+	if err != nil || len(page.Payments) != 0 {
+		t.Fatalf("an unsent payment was kept: %+v, %v", page.Payments, err)
+	}
+}
+
+func TestCreate_KeyReusedForAnotherRequest(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	ctx := context.Background()
+	if _, err := f.svc.Create(ctx, input("k", 1000)); err != nil {
+		t.Fatal(err)
+	}
+	other := input("k", 2000)
+	other.Fingerprint = "another request"
+	if _, err := f.svc.Create(ctx, other); !errors.Is(err, payments.ErrKeyReused) {
+		t.Fatalf("err = %v, want ErrKeyReused", err)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("provider has %d charges, want 1", n)
+	}
+}
+
+func TestCreate_InvalidRequestWritesNothing(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	bad := input("k", 0)
+	var verr *payments.ValidationError
+	if _, err := f.svc.Create(context.Background(), bad); !errors.As(err, &verr) {
+		t.Fatalf("err = %v, want a ValidationError", err)
+	}
+	if _, err := f.repo.ByKey(context.Background(), "client_a", "k"); !errors.Is(err, db.ErrNotFound) {
+		t.Errorf("an invalid request was stored: %v", err)
+	}
+	if n := len(f.fake.Charges()); n != 0 {
+		t.Errorf("an invalid request reached the provider")
+	}
+}
+
+func TestCreate_ClientHangingUpDoesNotAbandonTheCharge(t *testing.T) {
+	f := newFixture(t, "", 5*time.Second)
+	if err := f.fake.SetFaults(fakeprovider.Faults{LatencyMS: 300}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel) // mid provider call
+	res, err := f.svc.Create(ctx, input("k", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Payment.Status != payments.StatusSucceeded {
+		t.Fatalf("status %s after the client hung up, want succeeded: the charge must complete", res.Payment.Status)
+	}
+}
