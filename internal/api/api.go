@@ -1,0 +1,102 @@
+// Package api is payservice's HTTP layer: the chi router and its middleware,
+// the payment handlers, problem+json errors, health probes, and the admin
+// mux with metrics and pprof.
+//
+// Handlers are thin: they decode and check the request (decode.go), call the
+// payments service, and render the outcome (problem.go for every error). The
+// middleware order is deliberate and listed once, in NewHandler. The admin
+// endpoints live on a separate handler and port so that profiling and
+// metrics are never reachable through the public load balancer.
+package api
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Deps is what the public API needs.
+type Deps struct {
+	Payments       PaymentService
+	Auth           *Authenticator
+	Health         *Health
+	Log            *slog.Logger
+	Metrics        prometheus.Registerer
+	RequestTimeout time.Duration
+}
+
+// NewHandler returns the public API.
+func NewHandler(d Deps) http.Handler {
+	r := chi.NewRouter()
+	// Outermost first. Every response gets a request id; every request is
+	// counted and logged, including those that panic (recoverPanic sits
+	// inside observe, so the 500 it writes is what gets recorded).
+	r.Use(requestID, observe(d.Log, newHTTPMetrics(d.Metrics)), recoverPanic(d.Log))
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, probNotFound, "No such route.")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, r, probMethodNotAllowed, r.Method+" is not allowed on this route.")
+	})
+
+	r.Get("/health/live", d.Health.live)
+	r.Get("/health/ready", d.Health.ready)
+
+	r.Route("/v1", func(r chi.Router) {
+		// Authenticate first: nothing below, not even the readiness
+		// gate, is visible to an anonymous caller.
+		r.Use(d.Auth.authenticate, requireReady(d.Health), deadline(d.RequestTimeout))
+		h := &paymentHandlers{svc: d.Payments, log: d.Log}
+		r.Post("/payments", h.create)
+		r.Get("/payments", h.list)
+		r.Get("/payments/{id}", h.get)
+	})
+	return r
+}
+
+// NewAdminHandler returns the admin endpoints: /metrics and /debug/pprof/.
+// Serve it on its own port, never the public one.
+func NewAdminHandler(gatherer prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	// Registered by hand on our own mux: importing net/http/pprof also
+	// registers on http.DefaultServeMux, which nothing here serves.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// ServerConfig bounds every phase of an HTTP exchange. A server without
+// these is one slow client away from running out of connections.
+type ServerConfig struct {
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+}
+
+// NewServer returns an http.Server for h. Requests' contexts derive from
+// base, which must not be cancelled by a shutdown signal: in-flight requests
+// are finished by http.Server.Shutdown, not cut off.
+func NewServer(h http.Handler, cfg ServerConfig, base context.Context, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10, // ample for our headers; the 1 MiB default invites abuse
+		BaseContext:       func(_ net.Listener) context.Context { return base },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}

@@ -1,0 +1,115 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Check probes one dependency for readiness.
+type Check struct {
+	Name  string
+	Probe func(ctx context.Context) error
+	// Optional marks a dependency the service can serve without: when it
+	// fails, it is reported as "degraded: …" and the replica stays ready.
+	// Failing readiness on such a dependency would take every replica out
+	// of the load balancer at once, for an outage the service could ride.
+	Optional bool
+}
+
+// Health answers the liveness and readiness probes.
+//
+// Liveness says only that the process can serve HTTP: it never looks at
+// dependencies, or a database blip would make the orchestrator restart
+// every replica at once. Readiness says whether this replica should get
+// traffic: migrations applied, required dependencies answering, and not
+// shutting down.
+type Health struct {
+	checks       []Check
+	timeout      time.Duration
+	migrated     atomic.Bool
+	shuttingDown atomic.Bool
+}
+
+// NewHealth returns a Health running checks, each bounded by timeout.
+func NewHealth(timeout time.Duration, checks ...Check) *Health {
+	return &Health{checks: checks, timeout: timeout}
+}
+
+// SetMigrated records that the schema is at the version this binary needs.
+func (h *Health) SetMigrated() { h.migrated.Store(true) }
+
+// Migrated reports whether SetMigrated was called.
+func (h *Health) Migrated() bool { return h.migrated.Load() }
+
+// SetShuttingDown turns readiness off for good: the first step of a
+// graceful shutdown, so load balancers stop sending new requests.
+func (h *Health) SetShuttingDown() { h.shuttingDown.Store(true) }
+
+type healthBody struct {
+	Status string            `json:"status"`
+	Checks map[string]string `json:"checks"`
+	// Reason is set only while shutting down, when every check may be
+	// fine and the replica is still not ready.
+	Reason string `json:"reason,omitempty"`
+}
+
+func (h *Health) live(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (h *Health) ready(w http.ResponseWriter, r *http.Request) {
+	ready, body := h.report(r.Context())
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, status, body)
+}
+
+// report runs every check, concurrently, and says whether the replica is
+// ready.
+func (h *Health) report(ctx context.Context) (bool, healthBody) {
+	body := healthBody{Status: "ok", Checks: make(map[string]string, len(h.checks)+1)}
+	ready := true
+
+	body.Checks["migrations"] = "ok"
+	if !h.migrated.Load() {
+		body.Checks["migrations"] = "pending"
+		ready = false
+	}
+
+	results := make([]error, len(h.checks))
+	var wg sync.WaitGroup
+	for i, c := range h.checks {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, h.timeout)
+			defer cancel()
+			results[i] = c.Probe(ctx)
+		})
+	}
+	wg.Wait()
+	for i, c := range h.checks {
+		switch err := results[i]; {
+		case err == nil:
+			body.Checks[c.Name] = "ok"
+		case c.Optional:
+			body.Checks[c.Name] = "degraded: " + err.Error()
+		default:
+			body.Checks[c.Name] = "unavailable: " + err.Error()
+			ready = false
+		}
+	}
+
+	if h.shuttingDown.Load() {
+		body.Reason = "shutting down"
+		ready = false
+	}
+	if !ready {
+		body.Status = "unavailable"
+	}
+	return ready, body
+}

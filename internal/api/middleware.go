@@ -1,0 +1,249 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type ctxKey int
+
+const (
+	requestIDKey ctxKey = iota
+	clientIDKey
+)
+
+func requestIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey).(string)
+	return id
+}
+
+// ClientIDFrom returns the authenticated client of the request, or "".
+func ClientIDFrom(ctx context.Context) string {
+	id, _ := ctx.Value(clientIDKey).(string)
+	return id
+}
+
+// requestID gives every request an id, echoing the client's X-Request-Id
+// when it is sane, so one id follows a request through every log line.
+func requestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-Id")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-Id", id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey, id)))
+	})
+}
+
+// validRequestID accepts up to 128 printable ASCII characters without
+// spaces: anything else could forge log lines or bloat them.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// httpMetrics are the RED metrics of the public API.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "payservice_http_requests_total",
+			Help: "HTTP requests served, by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "payservice_http_request_duration_seconds",
+			Help:    "HTTP request latency, by route pattern, method and status code.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"route", "method", "code"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+// observe records metrics and an access-log line for every request. It
+// labels by chi's route pattern (/v1/payments/{id}), never the raw path,
+// so that label cardinality stays bounded whatever clients send.
+func observe(log *slog.Logger, m *httpMetrics) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
+			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+			defer func() {
+				status := ww.Status()
+				if status == 0 { // the handler wrote nothing: net/http sends 200
+					status = http.StatusOK
+				}
+				route := "unmatched"
+				if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+					route = rc.RoutePattern()
+				}
+				method := r.Method
+				if !knownMethod(method) {
+					method = "OTHER"
+				}
+				elapsed := time.Since(start)
+				code := strconv.Itoa(status)
+				m.requests.WithLabelValues(route, method, code).Inc()
+				m.duration.WithLabelValues(route, method, code).Observe(elapsed.Seconds())
+				log.LogAttrs(r.Context(), slog.LevelInfo, "http request",
+					slog.String("request_id", requestIDFrom(r.Context())),
+					slog.String("method", r.Method),
+					slog.String("path", r.URL.Path),
+					slog.String("route", route),
+					slog.Int("status", status),
+					slog.Int("bytes", ww.BytesWritten()),
+					slog.Duration("duration", elapsed),
+					slog.String("client_id", ClientIDFrom(r.Context())),
+					slog.String("remote", r.RemoteAddr),
+				)
+			}()
+			next.ServeHTTP(ww, r)
+		})
+	}
+}
+
+func knownMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions:
+		return true
+	}
+	return false
+}
+
+// recoverPanic turns a panic into a logged stack and a problem+json 500,
+// instead of a dropped connection. http.ErrAbortHandler is re-panicked:
+// it is net/http's way to abort a response on purpose.
+func recoverPanic(log *slog.Logger) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() {
+				v := recover()
+				if v == nil {
+					return
+				}
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				log.ErrorContext(r.Context(), "panic serving request",
+					"panic", fmt.Sprint(v), "stack", string(debug.Stack()),
+					"request_id", requestIDFrom(r.Context()), "method", r.Method, "path", r.URL.Path)
+				writeProblem(w, r, probInternal, "The server failed unexpectedly; quote the request id when reporting it.")
+			}()
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// Authenticator checks bearer API keys.
+type Authenticator struct {
+	// Keys are stored as SHA-256 digests so that every comparison is of
+	// equal-length values: constant time regardless of the key presented.
+	digests   [][sha256.Size]byte
+	clientIDs []string
+}
+
+// NewAuthenticator accepts the given secrets, keyed by client id.
+func NewAuthenticator(secretsByClient map[string]string) *Authenticator {
+	a := &Authenticator{}
+	for client, secret := range secretsByClient {
+		a.digests = append(a.digests, sha256.Sum256([]byte(secret)))
+		a.clientIDs = append(a.clientIDs, client)
+	}
+	return a
+}
+
+// clientFor returns the client owning the key, comparing against every
+// configured key so that the time taken does not reveal which one matched.
+func (a *Authenticator) clientFor(key string) (string, bool) {
+	presented := sha256.Sum256([]byte(key))
+	match := -1
+	for i, d := range a.digests {
+		if subtle.ConstantTimeCompare(presented[:], d[:]) == 1 {
+			match = i
+		}
+	}
+	if match < 0 {
+		return "", false
+	}
+	return a.clientIDs[match], true
+}
+
+// authenticate requires Authorization: Bearer <key> and puts the client id
+// in the request context.
+func (a *Authenticator) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || key == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="payservice"`)
+			writeProblem(w, r, probUnauthorized, "Send your API key as Authorization: Bearer <key>.")
+			return
+		}
+		client, ok := a.clientFor(strings.TrimSpace(key))
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="payservice", error="invalid_token"`)
+			writeProblem(w, r, probUnauthorized, "The API key is not valid.")
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIDKey, client)))
+	})
+}
+
+// deadline bounds every API request. Handlers and everything below them
+// honour the context, so a request that cannot finish in time gives up and
+// answers instead of holding a connection and a worker.
+func deadline(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), d)
+			defer cancel()
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// requireReady answers 503 until the schema is migrated, instead of letting
+// requests fail on missing tables while a replica starts.
+func requireReady(h *Health) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !h.Migrated() {
+				writeProblemRetry(w, r, probUnavailable, "The service is starting: its database schema is not ready yet.", time.Second)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
