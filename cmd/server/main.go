@@ -1,0 +1,87 @@
+// Command server runs payservice.
+//
+//	server [serve]      run the HTTP API and the admin endpoints (default)
+//	server migrate      apply the database migrations and exit
+//	server healthcheck  probe the local /health/ready; exit 0 if ready
+//
+// Configuration comes from environment variables: `server -h` lists them.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/resiliencekit/payservice/internal/config"
+)
+
+// version is stamped at build time: -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	go func() {
+		// After the first signal starts a graceful shutdown, restore the
+		// default handling: a second signal kills the process at once.
+		<-ctx.Done()
+		stop()
+	}()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "server: %v\n", strings.ReplaceAll(err.Error(), "\n", "\nserver: "))
+		os.Exit(1)
+	}
+}
+
+// run is the whole program, callable from tests with a context, arguments,
+// an environment and output streams of their choosing.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(stdout) }
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q; see server -h", fs.Args())
+	}
+
+	switch cmd {
+	case "serve":
+		return serve(ctx, getenv, stdout)
+	case "migrate":
+		return migrate(ctx, getenv, stdout)
+	case "healthcheck":
+		return healthcheck(ctx, getenv)
+	case "help":
+		usage(stdout)
+		return nil
+	}
+	return fmt.Errorf("unknown command %q; want serve, migrate or healthcheck (see server -h)", cmd)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, `payservice %s: a payment API that shows resilience patterns in running code.
+
+Usage:
+  server [serve]      run the HTTP API (HTTP_ADDR) and admin endpoints (ADMIN_ADDR)
+  server migrate      apply database migrations and exit
+  server healthcheck  probe http://127.0.0.1<HTTP_ADDR port>/health/ready; exit 0 if ready
+  server -h           show this help
+
+Environment:
+`, version)
+	config.Usage(w)
+}

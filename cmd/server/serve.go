@@ -1,0 +1,271 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/resiliencekit/payservice/internal/api"
+	"github.com/resiliencekit/payservice/internal/config"
+	"github.com/resiliencekit/payservice/internal/db"
+	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/provider"
+)
+
+// serve runs the service until ctx is cancelled, then shuts down
+// gracefully (DESIGN §5):
+//
+//  1. readiness turns 503 at once; liveness stays 200;
+//  2. requests keep being served for SHUTDOWN_DRAIN_DELAY, while load
+//     balancers notice and stop sending;
+//  3. http.Server.Shutdown waits up to SHUTDOWN_TIMEOUT for requests in
+//     flight, whose contexts are not the signal's and are not cancelled;
+//  4. pools are closed and serve returns nil (exit code 0).
+func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stdout)
+	log.Info("starting payservice", "version", version, "config", cfg)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	primary, replica, err := openPools(cfg, reg)
+	if err != nil {
+		return err
+	}
+	defer closePools(log, primary, replica)
+
+	rdb, err := newRedis(cfg.RedisURL)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+
+	providerClient, err := provider.NewClient(provider.Config{BaseURL: cfg.ProviderURL, AttemptTimeout: cfg.ProviderTimeout})
+	if err != nil {
+		return err
+	}
+	svc := payments.NewService(db.NewPayments(primary, replica), providerClient, log)
+
+	health := api.NewHealth(time.Second,
+		api.Check{Name: "postgres", Probe: primary.PingContext},
+		// Until idempotency can fall back to Postgres alone, Redis is
+		// required: a Redis outage fails readiness (DESIGN §2, health).
+		api.Check{Name: "redis", Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+	)
+	secrets := make(map[string]string, len(cfg.APIKeys))
+	for _, k := range cfg.APIKeys {
+		secrets[k.ClientID] = k.Secret
+	}
+	handler := api.NewHandler(api.Deps{
+		Payments:       svc,
+		Auth:           api.NewAuthenticator(secrets),
+		Health:         health,
+		Log:            log,
+		Metrics:        reg,
+		RequestTimeout: cfg.RequestTimeout,
+	})
+
+	// Bind before serving: a port conflict fails start-up with a clear
+	// error, and tests can ask for port 0 and read the port from the log.
+	apiLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("listen on ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
+	}
+
+	// Requests' contexts keep ctx's values but not its cancellation: the
+	// signal starts the shutdown, it does not abort work in flight.
+	base := context.WithoutCancel(ctx)
+	timeouts := api.ServerConfig{
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+	}
+	apiSrv := api.NewServer(handler, timeouts, base, log)
+	adminSrv := api.NewServer(api.NewAdminHandler(reg), timeouts, base, log)
+
+	// Every goroutine below is owned by serve and ends before it returns.
+	var wg sync.WaitGroup
+	fatal := make(chan error, 3)
+	for _, s := range []struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+	}{{"api", apiSrv, apiLn}, {"admin", adminSrv, adminLn}} {
+		log.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
+		wg.Go(func() {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				fatal <- fmt.Errorf("%s server: %w", s.name, err)
+			}
+		})
+	}
+
+	schemaCtx, stopSchema := context.WithCancel(ctx)
+	defer stopSchema()
+	wg.Go(func() {
+		if err := prepareSchema(schemaCtx, cfg, primary, log); err != nil {
+			if schemaCtx.Err() == nil {
+				fatal <- err
+			}
+			return
+		}
+		health.SetMigrated()
+		log.Info("ready: schema is current")
+	})
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutdown signal received; draining", "drain_delay", cfg.ShutdownDrainDelay, "shutdown_timeout", cfg.ShutdownTimeout)
+		health.SetShuttingDown()
+		time.Sleep(cfg.ShutdownDrainDelay)
+	case runErr = <-fatal:
+		log.Error("fatal error; shutting down", "err", runErr)
+		health.SetShuttingDown()
+	}
+	stopSchema()
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := apiSrv.Shutdown(shutdownCtx); err != nil {
+		log.Error("requests still in flight at SHUTDOWN_TIMEOUT; closing their connections", "err", err)
+		apiSrv.Close()
+	}
+	// The admin server goes last, so metrics stay scrapeable while draining.
+	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
+		adminSrv.Close()
+	}
+	wg.Wait()
+	log.Info("stopped")
+	return runErr
+}
+
+// prepareSchema waits for Postgres, then migrates it (MIGRATE_ON_START) or
+// waits for a separate `server migrate` to have done so.
+func prepareSchema(ctx context.Context, cfg config.Config, pool *sql.DB, log *slog.Logger) error {
+	migrator, err := db.NewMigrator(pool, log)
+	if err != nil {
+		return err
+	}
+	err = retryUntil(ctx, log, "postgres not reachable yet", func(ctx context.Context) error {
+		return db.Ping(ctx, pool, 2*time.Second)
+	})
+	if err != nil {
+		return err
+	}
+	if !cfg.MigrateOnStart {
+		return retryUntil(ctx, log, "waiting for migrations (MIGRATE_ON_START=false)", func(ctx context.Context) error {
+			pending, err := migrator.Pending(ctx)
+			if err == nil && pending {
+				err = fmt.Errorf("schema is older than version %d", migrator.Version())
+			}
+			return err
+		})
+	}
+	applied, err := migrator.Up(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("migrations applied", "applied", applied, "version", migrator.Version())
+	return nil
+}
+
+// retryUntil calls f until it succeeds or ctx ends, backing off from 100ms
+// to 5s and logging each failure.
+func retryUntil(ctx context.Context, log *slog.Logger, msg string, f func(context.Context) error) error {
+	delay := 100 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil {
+			return nil
+		}
+		log.Warn(msg, "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// openPools opens the primary pool and, if configured, the replica's, and
+// exports their statistics as metrics.
+func openPools(cfg config.Config, reg prometheus.Registerer) (primary, replica *sql.DB, err error) {
+	pc := db.PoolConfig{
+		MaxOpenConns:    cfg.DBMaxOpenConns,
+		MaxIdleConns:    cfg.DBMaxIdleConns,
+		ConnMaxLifetime: cfg.DBConnMaxLifetime,
+		ConnMaxIdleTime: cfg.DBConnMaxIdleTime,
+	}
+	primary, err = db.Open(cfg.DatabaseURL, pc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	reg.MustRegister(collectors.NewDBStatsCollector(primary, "primary"))
+	if cfg.DatabaseReplicaURL == "" {
+		return primary, nil, nil
+	}
+	replica, err = db.Open(cfg.DatabaseReplicaURL, pc)
+	if err != nil {
+		primary.Close()
+		return nil, nil, fmt.Errorf("DATABASE_REPLICA_URL: %w", err)
+	}
+	reg.MustRegister(collectors.NewDBStatsCollector(replica, "replica"))
+	return primary, replica, nil
+}
+
+func closePools(log *slog.Logger, pools ...*sql.DB) {
+	for _, p := range pools {
+		if p == nil {
+			continue
+		}
+		if err := p.Close(); err != nil {
+			log.Warn("close database pool", "err", err)
+		}
+	}
+}
+
+// newRedis returns a client for the Redis URL. It does not connect.
+func newRedis(url string) (*redis.Client, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	// Redis is a fast path: fail fast rather than make requests wait.
+	opts.DialTimeout = 2 * time.Second
+	opts.ReadTimeout = 500 * time.Millisecond
+	opts.WriteTimeout = 500 * time.Millisecond
+	return redis.NewClient(opts), nil
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
