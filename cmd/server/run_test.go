@@ -6,6 +6,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/testenv"
 )
 
@@ -253,6 +255,102 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 	s.logs.waitFor(t, "stopped", func(l map[string]any) bool { return l["msg"] == "stopped" })
 	if err := run(context.Background(), []string{"healthcheck"}, func(k string) string { return hc[k] }, io.Discard, io.Discard); err == nil {
 		t.Error("healthcheck of a stopped server succeeded")
+	}
+}
+
+// waitReady polls /health/ready until it answers 200.
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if status, _ := readiness(t, base); status == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not ready within 30s")
+		}
+	}
+}
+
+// metricLine returns the /metrics line starting with prefix, or "".
+func metricLine(t *testing.T, admin, prefix string) string {
+	t.Helper()
+	for _, line := range strings.Split(string(call(t, http.MethodGet, admin+"/metrics", "", "", "").body), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			return line
+		}
+	}
+	return ""
+}
+
+func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
+	fake, providerURL := testenv.NewFakeProvider(t)
+	s := startRun(t, map[string]string{
+		"DATABASE_URL":             testenv.NewDatabase(t),
+		"REDIS_URL":                testenv.RedisURL(t),
+		"PROVIDER_URL":             providerURL,
+		"API_KEYS":                 "client_a:key_a",
+		"BREAKER_MIN_REQUESTS":     "4",
+		"BREAKER_OPEN_TIMEOUT":     "1s",
+		"BREAKER_HALF_OPEN_PROBES": "1",
+		"RETRY_MAX_RETRY_AFTER":    "0s", // the fake's Retry-After: 1 ends each call at once
+		"SHUTDOWN_DRAIN_DELAY":     "0s",
+	})
+	waitReady(t, s.api)
+	pay := func(key string) response {
+		return call(t, http.MethodPost, s.api+"/v1/payments", "key_a", key, `{"amount":1000,"currency":"usd"}`)
+	}
+	const state = `payservice_breaker_state{name="provider"} `
+
+	if err := fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	// The provider answers 503 to everything: payments end processing
+	// (202: 5xx is an unknown outcome) until the breaker trips.
+	opened := false
+	for i := range 10 {
+		r := pay(fmt.Sprint("fault-", i))
+		if r.status == 503 {
+			opened = true
+			break
+		}
+		if r.status != 202 {
+			t.Fatalf("payment %d during the outage: %d %s, want 202 until the breaker opens", i, r.status, r.body)
+		}
+	}
+	if !opened {
+		t.Fatal("the breaker did not open within 10 failing payments")
+	}
+	if got := metricLine(t, s.admin, state); got != state+"2" {
+		t.Errorf("metric %q, want %q", got, state+"2")
+	}
+	charges := len(fake.Charges())
+	for i := range 5 {
+		start := time.Now()
+		r := pay(fmt.Sprint("open-", i))
+		took := time.Since(start)
+		if r.status != 503 || r.header.Get("Retry-After") == "" {
+			t.Fatalf("while open: %d (Retry-After %q), want 503 with Retry-After", r.status, r.header.Get("Retry-After"))
+		}
+		if took > 200*time.Millisecond {
+			t.Errorf("a 503 from the open breaker took %s, want milliseconds", took)
+		}
+	}
+	if len(fake.Charges()) != charges {
+		t.Error("calls reached the provider while the breaker was open")
+	}
+
+	// Faults cleared: after the open timeout a probe succeeds and closes it.
+	fake.ResetFaults()
+	time.Sleep(1100 * time.Millisecond)
+	if r := pay("after"); r.status != 201 {
+		t.Fatalf("after recovery: %d %s, want 201", r.status, r.body)
+	}
+	if got := metricLine(t, s.admin, state); got != state+"0" {
+		t.Errorf("metric %q, want %q", got, state+"0")
+	}
+	// A key refused with 503 stays usable: nothing was stored for it.
+	if r := pay("open-0"); r.status != 201 {
+		t.Errorf("retrying a key refused while open: %d, want 201", r.status)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/db"
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/resilience"
 )
 
 // serve runs the service until ctx is cancelled, then shuts down
@@ -58,11 +59,22 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	defer rdb.Close()
 
-	providerClient, err := provider.NewClient(provider.Config{BaseURL: cfg.ProviderURL, AttemptTimeout: cfg.ProviderTimeout})
+	providerClient, bulkhead, err := newProvider(cfg, reg, log)
 	if err != nil {
 		return err
 	}
+	// Stops the workers if start-up fails below; after a graceful
+	// shutdown (which closes it first) it returns at once.
+	defer bulkhead.Close(context.Background())
 	svc := payments.NewService(db.NewPayments(primary, replica), providerClient, log)
+	clientLimit, err := resilience.NewKeyedLimiter("clients", cfg.RateLimitPerSecond, cfg.RateLimitBurst, cfg.RateLimitMaxKeys, reg)
+	if err != nil {
+		return err
+	}
+	anonymousLimit, err := resilience.NewKeyedLimiter("anonymous", cfg.RateLimitAnonPerSecond, cfg.RateLimitAnonBurst, cfg.RateLimitMaxKeys, reg)
+	if err != nil {
+		return err
+	}
 
 	health := api.NewHealth(time.Second,
 		api.Check{Name: "postgres", Probe: primary.PingContext},
@@ -77,6 +89,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	handler := api.NewHandler(api.Deps{
 		Payments:       svc,
 		Auth:           api.NewAuthenticator(secrets),
+		ClientLimit:    clientLimit,
+		AnonymousLimit: anonymousLimit,
 		Health:         health,
 		Log:            log,
 		Metrics:        reg,
@@ -154,6 +168,11 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		log.Error("requests still in flight at SHUTDOWN_TIMEOUT; closing their connections", "err", err)
 		apiSrv.Close()
 	}
+	// Provider calls already accepted finish (they run on contexts the
+	// signal does not cancel); nothing new is accepted.
+	if err := bulkhead.Close(shutdownCtx); err != nil {
+		log.Error("provider work unfinished at SHUTDOWN_TIMEOUT", "err", err)
+	}
 	// The admin server goes last, so metrics stay scrapeable while draining.
 	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
 		adminSrv.Close()
@@ -161,6 +180,52 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	wg.Wait()
 	log.Info("stopped")
 	return runErr
+}
+
+// newProvider builds the provider client inside its protections (DESIGN
+// §4). The bulkhead is returned too: shutdown drains it.
+func newProvider(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*provider.Resilient, *resilience.Bulkhead, error) {
+	const name = "provider"
+	client, err := provider.NewClient(provider.Config{BaseURL: cfg.ProviderURL, AttemptTimeout: cfg.ProviderTimeout})
+	if err != nil {
+		return nil, nil, err
+	}
+	breaker, err := resilience.NewBreaker(resilience.BreakerSettings{
+		Name:           name,
+		Window:         cfg.BreakerWindow,
+		MinRequests:    uint32(cfg.BreakerMinRequests),
+		FailureRatio:   cfg.BreakerFailureRatio,
+		OpenTimeout:    cfg.BreakerOpenTimeout,
+		HalfOpenProbes: uint32(cfg.BreakerHalfOpenProbes),
+	}, provider.BreakerOutcome, reg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	budget, err := resilience.NewRetryBudget(name, cfg.RetryBudgetRatio, cfg.RetryBudgetPerSecond, float64(cfg.RetryBudgetCapacity), reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	retrier, err := resilience.NewRetrier(name, resilience.RetryPolicy{
+		MaxAttempts:    cfg.RetryMaxAttempts,
+		BaseDelay:      cfg.RetryBaseDelay,
+		MaxDelay:       cfg.RetryMaxDelay,
+		MaxRetryAfter:  cfg.RetryMaxRetryAfter,
+		AttemptTimeout: cfg.ProviderTimeout,
+	}, budget, provider.RetryVerdict, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	egress, err := resilience.NewEgressLimiter(name, cfg.ProviderRateLimit, cfg.ProviderRateBurst, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	bulkhead, err := resilience.NewBulkhead(name, cfg.BulkheadWorkers, cfg.BulkheadQueue, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return provider.NewResilient(client, provider.Protections{
+		Bulkhead: bulkhead, Egress: egress, Retrier: retrier, Breaker: breaker,
+	}), bulkhead, nil
 }
 
 // prepareSchema waits for Postgres, then migrates it (MIGRATE_ON_START) or

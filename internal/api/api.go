@@ -26,6 +26,8 @@ import (
 type Deps struct {
 	Payments       PaymentService
 	Auth           *Authenticator
+	ClientLimit    RateLimiter // per authenticated client
+	AnonymousLimit RateLimiter // per remote address, for requests failing authentication
 	Health         *Health
 	Log            *slog.Logger
 	Metrics        prometheus.Registerer
@@ -50,9 +52,11 @@ func NewHandler(d Deps) http.Handler {
 	r.Get("/health/ready", d.Health.ready)
 
 	r.Route("/v1", func(r chi.Router) {
-		// Authenticate first: nothing below, not even the readiness
-		// gate, is visible to an anonymous caller.
-		r.Use(d.Auth.authenticate, requireReady(d.Health), deadline(d.RequestTimeout))
+		// Identify, limit, then require: failed authentication is rate
+		// limited too. Nothing below, not even the readiness gate, is
+		// visible to an anonymous caller.
+		r.Use(d.Auth.identify, rateLimit(d.ClientLimit, d.AnonymousLimit), requireClient,
+			requireReady(d.Health), deadline(d.RequestTimeout))
 		h := &paymentHandlers{svc: d.Payments, log: d.Log}
 		r.Post("/payments", h.create)
 		r.Get("/payments", h.list)

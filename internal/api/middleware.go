@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -17,6 +18,8 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resiliencekit/payservice/internal/resilience"
 )
 
 type ctxKey int
@@ -201,24 +204,75 @@ func (a *Authenticator) clientFor(key string) (string, bool) {
 	return a.clientIDs[match], true
 }
 
-// authenticate requires Authorization: Bearer <key> and puts the client id
-// in the request context.
-func (a *Authenticator) authenticate(next http.Handler) http.Handler {
+// identify puts the client owning the request's bearer key in its
+// context, if the key is valid. It rejects nothing: the rate limiter comes
+// next and must see unauthenticated requests too, and requireClient then
+// turns them away.
+func (a *Authenticator) identify(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || key == "" {
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			if client, ok := a.clientFor(strings.TrimSpace(key)); ok {
+				r = r.WithContext(context.WithValue(r.Context(), clientIDKey, client))
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// requireClient answers 401 to requests identify found no client for.
+func requireClient(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ClientIDFrom(r.Context()) != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		scheme, key, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !strings.EqualFold(scheme, "Bearer") || key == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="payservice"`)
 			writeProblem(w, r, probUnauthorized, "Send your API key as Authorization: Bearer <key>.")
 			return
 		}
-		client, ok := a.clientFor(strings.TrimSpace(key))
-		if !ok {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="payservice", error="invalid_token"`)
-			writeProblem(w, r, probUnauthorized, "The API key is not valid.")
-			return
-		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientIDKey, client)))
+		w.Header().Set("WWW-Authenticate", `Bearer realm="payservice", error="invalid_token"`)
+		writeProblem(w, r, probUnauthorized, "The API key is not valid.")
 	})
+}
+
+// RateLimiter decides whether a key may make a request now.
+type RateLimiter interface {
+	Allow(key string) resilience.Decision
+}
+
+// rateLimit gives each authenticated client its own budget of requests,
+// and each remote address failing authentication another, smaller one, so
+// that neither a noisy client nor a credential-guessing script can starve
+// the others. It never waits: over the limit is a 429 with the time to
+// come back; every answer carries the RateLimit-* headers so well-behaved
+// clients can pace themselves before that.
+//
+// The remote address is the connection's. Behind a load balancer that is
+// the balancer's: key on a trusted X-Forwarded-For hop instead.
+func rateLimit(clients, anonymous RateLimiter) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			var d resilience.Decision
+			if client := ClientIDFrom(r.Context()); client != "" {
+				d = clients.Allow(client)
+			} else {
+				host, _, err := net.SplitHostPort(r.RemoteAddr)
+				if err != nil {
+					host = r.RemoteAddr
+				}
+				d = anonymous.Allow(host)
+			}
+			d.SetHeaders(w.Header())
+			if !d.Allowed {
+				writeProblem(w, r, probRateLimited, fmt.Sprintf("Rate limit exceeded; retry in %s.", d.RetryAfter.Round(time.Millisecond)))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
 }
 
 // deadline bounds every API request. Handlers and everything below them

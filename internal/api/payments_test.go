@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/resilience"
 )
 
 // recordingService is a PaymentService that records what reaches it. Its
@@ -69,13 +70,27 @@ func (s *recordingService) List(_ context.Context, clientID string, limit int, a
 	return payments.Page{Payments: []payments.Payment{{ID: "pay_1", Status: payments.StatusSucceeded}}, HasMore: limit == 1}, nil
 }
 
+// unlimited never refuses.
+type unlimited struct{}
+
+func (unlimited) Allow(string) resilience.Decision {
+	return resilience.Decision{Allowed: true, Limit: 1000, Remaining: 999}
+}
+
 func newTestHandler(t *testing.T, svc PaymentService) http.Handler {
+	t.Helper()
+	return newLimitedHandler(t, svc, unlimited{}, unlimited{})
+}
+
+func newLimitedHandler(t *testing.T, svc PaymentService, clients, anonymous RateLimiter) http.Handler {
 	t.Helper()
 	h := NewHealth(time.Second)
 	h.SetMigrated()
 	return NewHandler(Deps{
 		Payments:       svc,
 		Auth:           NewAuthenticator(map[string]string{"client_a": "key_a", "client_b": "key_b"}),
+		ClientLimit:    clients,
+		AnonymousLimit: anonymous,
 		Health:         h,
 		Log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics:        prometheus.NewRegistry(),
@@ -427,6 +442,7 @@ func TestRequireReady_Answers503UntilMigrated(t *testing.T) {
 	health := NewHealth(time.Second)
 	h := NewHandler(Deps{
 		Payments: &recordingService{}, Auth: NewAuthenticator(map[string]string{"client_a": "key_a"}),
+		ClientLimit: unlimited{}, AnonymousLimit: unlimited{},
 		Health: health, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry(),
 		RequestTimeout: time.Second,
 	})
@@ -440,5 +456,75 @@ func TestRequireReady_Answers503UntilMigrated(t *testing.T) {
 	h.ServeHTTP(rec, postPayment(validBody, nil))
 	if rec.Code != 201 {
 		t.Fatalf("after migration: %d", rec.Code)
+	}
+}
+
+func newKeyedLimiter(t *testing.T, perSecond float64, burst int) *resilience.KeyedLimiter {
+	t.Helper()
+	l, err := resilience.NewKeyedLimiter("test", perSecond, burst, 1000, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestRateLimit_ClientOverItsLimitGets429WithHeaders(t *testing.T) {
+	svc := &recordingService{}
+	h := newLimitedHandler(t, svc, newKeyedLimiter(t, 0.1, 2), unlimited{})
+	for i := range 2 {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, postPayment(validBody, func(r *http.Request) { r.Header.Set("Idempotency-Key", fmt.Sprint("k", i)) }))
+		if rec.Code != 201 || rec.Header().Get("RateLimit-Remaining") != fmt.Sprint(1-i) || rec.Header().Get("RateLimit-Limit") != "2" {
+			t.Fatalf("request %d: %d, headers %v", i+1, rec.Code, rec.Header())
+		}
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, postPayment(validBody, nil))
+	if rec.Code != http.StatusTooManyRequests {
+		t.Fatalf("third request: %d, want 429", rec.Code)
+	}
+	p := decodeProblem(t, rec)
+	if !strings.HasSuffix(p.Type, "/rate-limited") {
+		t.Errorf("type %q", p.Type)
+	}
+	for _, name := range []string{"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} {
+		if rec.Header().Get(name) == "" {
+			t.Errorf("429 without %s", name)
+		}
+	}
+	if got := rec.Header().Get("Retry-After"); got != "10" { // one token at 0.1/s
+		t.Errorf("Retry-After %q, want 10", got)
+	}
+	if len(svc.creates) != 2 {
+		t.Errorf("the limited request reached the service (%d creates)", len(svc.creates))
+	}
+
+	// Another client is not affected.
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, postPayment(validBody, func(r *http.Request) { r.Header.Set("Authorization", "Bearer key_b") }))
+	if rec.Code != 201 {
+		t.Errorf("client_b: %d, want 201", rec.Code)
+	}
+}
+
+func TestRateLimit_FailedAuthenticationIsLimitedPerAddress(t *testing.T) {
+	h := newLimitedHandler(t, &recordingService{}, unlimited{}, newKeyedLimiter(t, 0.1, 3))
+	guess := func(addr string) int {
+		r := postPayment(validBody, func(r *http.Request) { r.Header.Set("Authorization", "Bearer guess") })
+		r.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		return rec.Code
+	}
+	for i := range 3 {
+		if code := guess("192.0.2.1:1234"); code != 401 {
+			t.Fatalf("guess %d: %d, want 401", i+1, code)
+		}
+	}
+	if code := guess("192.0.2.1:5678"); code != 429 {
+		t.Errorf("fourth guess from the same address (other port): %d, want 429", code)
+	}
+	if code := guess("198.51.100.7:1234"); code != 401 {
+		t.Errorf("a guess from another address: %d, want 401", code)
 	}
 }

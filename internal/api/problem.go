@@ -36,6 +36,7 @@ var (
 	probUnsupportedMedia  = problemKind{http.StatusUnsupportedMediaType, "unsupported-media-type", "Unsupported media type"}
 	probInvalid           = problemKind{http.StatusUnprocessableEntity, "invalid-request", "Invalid payment request"}
 	probKeyReused         = problemKind{http.StatusUnprocessableEntity, "idempotency-key-reused", "Idempotency key reused with a different request"}
+	probRateLimited       = problemKind{http.StatusTooManyRequests, "rate-limited", "Too many requests"}
 	probUnavailable       = problemKind{http.StatusServiceUnavailable, "unavailable", "Service temporarily unavailable"}
 	probInternal          = problemKind{http.StatusInternalServerError, "internal", "Internal server error"}
 )

@@ -37,8 +37,33 @@ type Config struct {
 
 	RedisURL string
 
-	ProviderURL     string
-	ProviderTimeout time.Duration
+	ProviderURL       string
+	ProviderTimeout   time.Duration
+	ProviderRateLimit float64
+	ProviderRateBurst int
+
+	BreakerWindow         time.Duration
+	BreakerMinRequests    int
+	BreakerFailureRatio   float64
+	BreakerOpenTimeout    time.Duration
+	BreakerHalfOpenProbes int
+
+	RetryMaxAttempts     int
+	RetryBaseDelay       time.Duration
+	RetryMaxDelay        time.Duration
+	RetryMaxRetryAfter   time.Duration
+	RetryBudgetRatio     float64
+	RetryBudgetPerSecond float64
+	RetryBudgetCapacity  int
+
+	BulkheadWorkers int
+	BulkheadQueue   int
+
+	RateLimitPerSecond     float64
+	RateLimitBurst         int
+	RateLimitAnonPerSecond float64
+	RateLimitAnonBurst     int
+	RateLimitMaxKeys       int
 
 	APIKeys APIKeys
 
@@ -94,6 +119,31 @@ func bind(c *Config) []variable {
 
 		{name: "PROVIDER_URL", def: "http://localhost:8081", usage: "base URL of the payment provider", val: httpURL(&c.ProviderURL)},
 		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt", val: positiveDuration(&c.ProviderTimeout)},
+		{name: "PROVIDER_RATE_LIMIT", def: "100", usage: "provider calls per second, the provider's quota; a call waits for room only within its deadline", val: floatRange(&c.ProviderRateLimit, 0.1, 100000)},
+		{name: "PROVIDER_RATE_BURST", def: "20", usage: "provider calls that may go at once above the steady rate", val: intRange(&c.ProviderRateBurst, 1, 100000)},
+
+		{name: "BREAKER_WINDOW", def: "10s", usage: "rolling window of the circuit breaker's trip rule", val: positiveDuration(&c.BreakerWindow)},
+		{name: "BREAKER_MIN_REQUESTS", def: "10", usage: "provider calls in the window before the breaker may trip", val: intRange(&c.BreakerMinRequests, 1, 100000)},
+		{name: "BREAKER_FAILURE_RATIO", def: "0.5", usage: "fraction of failed calls in the window that trips the breaker", val: floatRange(&c.BreakerFailureRatio, 0.01, 1)},
+		{name: "BREAKER_OPEN_TIMEOUT", def: "30s", usage: "how long a tripped breaker fails calls at once before probing", val: positiveDuration(&c.BreakerOpenTimeout)},
+		{name: "BREAKER_HALF_OPEN_PROBES", def: "3", usage: "probe calls let through half-open; all must succeed to close", val: intRange(&c.BreakerHalfOpenProbes, 1, 1000)},
+
+		{name: "RETRY_MAX_ATTEMPTS", def: "3", usage: "attempts per provider call, the first included", val: intRange(&c.RetryMaxAttempts, 1, 10)},
+		{name: "RETRY_BASE_DELAY", def: "100ms", usage: "backoff before the first retry (doubling, capped, full jitter)", val: positiveDuration(&c.RetryBaseDelay)},
+		{name: "RETRY_MAX_DELAY", def: "1s", usage: "cap on the backoff between retries", val: positiveDuration(&c.RetryMaxDelay)},
+		{name: "RETRY_MAX_RETRY_AFTER", def: "2s", usage: "longest provider Retry-After honoured; a longer one ends the retries", val: nonNegativeDuration(&c.RetryMaxRetryAfter)},
+		{name: "RETRY_BUDGET_RATIO", def: "0.2", usage: "retries allowed per provider call, across all callers (the retry budget)", val: floatRange(&c.RetryBudgetRatio, 0, 10)},
+		{name: "RETRY_BUDGET_MIN_PER_SECOND", def: "5", usage: "retries a second always allowed, so a quiet service can still retry", val: floatRange(&c.RetryBudgetPerSecond, 0, 100000)},
+		{name: "RETRY_BUDGET_CAPACITY", def: "10", usage: "most retries the budget can save up", val: intRange(&c.RetryBudgetCapacity, 1, 100000)},
+
+		{name: "BULKHEAD_WORKERS", def: "32", usage: "provider calls in progress at once", val: intRange(&c.BulkheadWorkers, 1, 10000)},
+		{name: "BULKHEAD_QUEUE", def: "64", usage: "provider calls waiting for a worker; beyond, requests get 503 at once", val: intRange(&c.BulkheadQueue, 0, 100000)},
+
+		{name: "RATE_LIMIT_PER_SECOND", def: "100", usage: "requests a second per authenticated client", val: floatRange(&c.RateLimitPerSecond, 0.01, 1e6)},
+		{name: "RATE_LIMIT_BURST", def: "200", usage: "requests a client may send at once above its rate", val: intRange(&c.RateLimitBurst, 1, 1e6)},
+		{name: "RATE_LIMIT_ANONYMOUS_PER_SECOND", def: "5", usage: "requests a second per remote address failing authentication", val: floatRange(&c.RateLimitAnonPerSecond, 0.01, 1e6)},
+		{name: "RATE_LIMIT_ANONYMOUS_BURST", def: "20", usage: "burst of requests failing authentication per remote address", val: intRange(&c.RateLimitAnonBurst, 1, 1e6)},
+		{name: "RATE_LIMIT_MAX_KEYS", def: "100000", usage: "clients and addresses tracked per limiter; bounds its memory", val: intRange(&c.RateLimitMaxKeys, 1000, 1e8)},
 
 		{name: "API_KEYS", required: true, usage: "client credentials as client_id:secret pairs, comma-separated", val: apiKeys(&c.APIKeys)},
 
@@ -165,6 +215,9 @@ func (c Config) check() []error {
 	}
 	if c.WriteTimeout != 0 && c.RequestTimeout >= c.WriteTimeout {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT=%s must be shorter than HTTP_WRITE_TIMEOUT=%s, or clients get a dropped connection instead of an answer", c.RequestTimeout, c.WriteTimeout))
+	}
+	if c.RetryMaxDelay < c.RetryBaseDelay {
+		errs = append(errs, fmt.Errorf("RETRY_MAX_DELAY=%s must not be shorter than RETRY_BASE_DELAY=%s", c.RetryMaxDelay, c.RetryBaseDelay))
 	}
 	if c.ProviderTimeout > c.RequestTimeout && c.RequestTimeout != 0 {
 		errs = append(errs, fmt.Errorf("PROVIDER_TIMEOUT=%s must not exceed REQUEST_TIMEOUT=%s", c.ProviderTimeout, c.RequestTimeout))

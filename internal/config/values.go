@@ -40,6 +40,29 @@ func (v intValue) Set(s string) error {
 }
 func (v intValue) String() string { return strconv.Itoa(*v.p) }
 
+type floatValue struct {
+	p        *float64
+	min, max float64
+}
+
+func floatRange(p *float64, min, max float64) value { return floatValue{p, min, max} }
+
+func (v floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	if f < v.min || f > v.max { // also false for NaN: refused below
+		return fmt.Errorf("out of range [%g, %g]", v.min, v.max)
+	}
+	if f != f {
+		return errors.New("not a number")
+	}
+	*v.p = f
+	return nil
+}
+func (v floatValue) String() string { return strconv.FormatFloat(*v.p, 'g', -1, 64) }
+
 type durationValue struct {
 	p         *time.Duration
 	allowZero bool

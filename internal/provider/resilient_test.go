@@ -1,0 +1,204 @@
+package provider_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/resilience"
+	"github.com/resiliencekit/payservice/internal/testenv"
+)
+
+type resilientSettings struct {
+	workers, queue int
+	breaker        resilience.BreakerSettings
+	policy         resilience.RetryPolicy
+}
+
+func defaults() resilientSettings {
+	return resilientSettings{
+		workers: 4, queue: 4,
+		breaker: resilience.BreakerSettings{
+			Name: "provider", Window: 10 * time.Second, MinRequests: 4, FailureRatio: 0.5,
+			OpenTimeout: time.Minute, HalfOpenProbes: 1,
+		},
+		policy: resilience.RetryPolicy{
+			MaxAttempts: 3, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond,
+			MaxRetryAfter: 2 * time.Second, AttemptTimeout: time.Second,
+		},
+	}
+}
+
+func newResilient(t *testing.T, url string, s resilientSettings) (*provider.Resilient, *resilience.Bulkhead) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	client, err := provider.NewClient(provider.Config{BaseURL: url, AttemptTimeout: s.policy.AttemptTimeout})
+	must(err)
+	breaker, err := resilience.NewBreaker(s.breaker, provider.BreakerOutcome, reg, log)
+	must(err)
+	budget, err := resilience.NewRetryBudget("provider", 1, 0, 1000, reg)
+	must(err)
+	retrier, err := resilience.NewRetrier("provider", s.policy, budget, provider.RetryVerdict, reg)
+	must(err)
+	egress, err := resilience.NewEgressLimiter("provider", 1000, 100, reg)
+	must(err)
+	bulkhead, err := resilience.NewBulkhead("provider", s.workers, s.queue, reg)
+	must(err)
+	t.Cleanup(func() { bulkhead.Close(context.Background()) })
+	return provider.NewResilient(client, provider.Protections{
+		Bulkhead: bulkhead, Egress: egress, Retrier: retrier, Breaker: breaker,
+	}), bulkhead
+}
+
+// sequence returns a random source yielding values in order, then 0.99.
+func sequence(values ...float64) func() float64 {
+	var mu sync.Mutex
+	return func() float64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(values) == 0 {
+			return 0.99
+		}
+		v := values[0]
+		values = values[1:]
+		return v
+	}
+}
+
+func TestResilient_RetriesAnAmbiguousFailureIntoOneCharge(t *testing.T) {
+	// The first attempt charges and then answers 500; the retry, with the
+	// same key, gets the recorded charge back.
+	fake, url := testenv.NewFakeProvider(t, fakeprovider.WithRandom(sequence(0)))
+	if err := fake.SetFaults(fakeprovider.Faults{ChargeThenErrorRate: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	r, _ := newResilient(t, url, defaults())
+	ch, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1000, Currency: "usd", Reference: "pay_1"})
+	if err != nil || ch.Status != provider.ChargeSucceeded {
+		t.Fatalf("Charge = %+v, %v", ch, err)
+	}
+	if n := len(fake.Charges()); n != 1 {
+		t.Fatalf("%d charges, want 1", n)
+	}
+}
+
+func TestResilient_OpenBreakerFailsFastAsNotSent(t *testing.T) {
+	fake, url := testenv.NewFakeProvider(t)
+	if err := fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s := defaults()
+	s.policy.MaxRetryAfter = 0 // the fake's Retry-After: 1 ends each call after one attempt
+	r, _ := newResilient(t, url, s)
+	ctx := context.Background()
+	for i := range 4 { // trips the breaker: every attempt fails
+		_, _ = r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_" + string(rune('a'+i)), Amount: 1, Currency: "usd"})
+	}
+	start := time.Now()
+	_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_x", Amount: 1, Currency: "usd"})
+	if !errors.Is(err, resilience.ErrBreakerOpen) || !errors.Is(err, provider.ErrNotSent) {
+		t.Fatalf("err = %v, want ErrBreakerOpen and ErrNotSent", err)
+	}
+	if errors.Is(err, provider.ErrOutcomeUnknown) {
+		t.Errorf("a call refused by the breaker also claims an unknown outcome: %v", err)
+	}
+	if took := time.Since(start); took > 50*time.Millisecond {
+		t.Errorf("an open breaker took %s to refuse, want milliseconds", took)
+	}
+}
+
+func TestResilient_AnEarlierSentAttemptKeepsTheOutcomeUnknown(t *testing.T) {
+	// Attempt 1 reaches the provider (503: for all we know it charged);
+	// it also trips the breaker, so attempt 2 is refused unsent. The
+	// call must still say "unknown", or the payment would be dropped.
+	fake, url := testenv.NewFakeProvider(t)
+	if err := fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s := defaults()
+	s.breaker.MinRequests = 1
+	r, _ := newResilient(t, url, s)
+	_, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"})
+	if !errors.Is(err, provider.ErrOutcomeUnknown) {
+		t.Fatalf("err = %v, want ErrOutcomeUnknown", err)
+	}
+	if errors.Is(err, provider.ErrNotSent) {
+		t.Fatalf("err = %v also matches ErrNotSent: the payment could be dropped after a possible charge", err)
+	}
+}
+
+func TestResilient_FullBulkheadFailsFastAsNotSent(t *testing.T) {
+	_, url := testenv.NewFakeProvider(t)
+	s := defaults()
+	s.workers, s.queue = 1, 0
+	r, bulkhead := newResilient(t, url, s)
+	release := make(chan struct{})
+	occupied := make(chan struct{})
+	go bulkhead.Submit(context.Background(), func(context.Context) error {
+		close(occupied)
+		<-release
+		return nil
+	})
+	<-occupied
+	defer close(release)
+
+	_, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"})
+	if !errors.Is(err, resilience.ErrBulkheadFull) || !errors.Is(err, provider.ErrNotSent) {
+		t.Fatalf("err = %v, want ErrBulkheadFull and ErrNotSent", err)
+	}
+}
+
+func TestResilient_DeclinesAreNotRetriedAndDoNotTrip(t *testing.T) {
+	fake, url := testenv.NewFakeProvider(t)
+	r, _ := newResilient(t, url, defaults())
+	for i := range 10 {
+		key := "pay_d" + string(rune('0'+i))
+		ch, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: key, Amount: 402, Currency: "usd"})
+		if err != nil || ch.Status != provider.ChargeDeclined {
+			t.Fatalf("decline %d: %+v, %v", i, ch, err)
+		}
+	}
+	if n := len(fake.Charges()); n != 10 {
+		t.Errorf("%d ledger entries for 10 declines", n)
+	}
+}
+
+func TestClassifiers(t *testing.T) {
+	tests := []struct {
+		name        string
+		err         error
+		wantOutcome resilience.Outcome
+		wantRetry   bool
+	}{
+		{"5xx", &provider.Error{StatusCode: 503, Sent: true}, resilience.Failure, true},
+		{"timeout", &provider.Error{Timeout: true, Sent: true}, resilience.Failure, true},
+		{"connection refused", &provider.Error{}, resilience.Failure, true},
+		{"429", &provider.Error{StatusCode: 429, Sent: true}, resilience.Success, true},
+		{"400", &provider.Error{StatusCode: 400, Sent: true}, resilience.Success, false},
+		{"422 key reused", &provider.Error{StatusCode: 422, Sent: true}, resilience.Success, false},
+		{"garbled 201", &provider.Error{StatusCode: 201, Sent: true}, resilience.Failure, false},
+	}
+	for _, tt := range tests {
+		if got := provider.BreakerOutcome(tt.err); got != tt.wantOutcome {
+			t.Errorf("%s: BreakerOutcome = %v, want %v", tt.name, got, tt.wantOutcome)
+		}
+		if got := provider.RetryVerdict(tt.err).Retry; got != tt.wantRetry {
+			t.Errorf("%s: RetryVerdict.Retry = %v, want %v", tt.name, got, tt.wantRetry)
+		}
+	}
+}
