@@ -88,36 +88,59 @@ func newPayment(client, key string) db.Payment {
 	}
 }
 
-func TestPayments_CreateIsAtomicPerClientAndKey(t *testing.T) {
+const lease = time.Minute
+
+func claim(t *testing.T, repo *db.Payments, p db.Payment, token string, lease time.Duration) db.Claim {
+	t.Helper()
+	c, err := repo.Claim(context.Background(), p, token, lease)
+	if err != nil {
+		t.Fatalf("Claim: %v", err)
+	}
+	return c
+}
+
+// respondWith returns a Respond rendering a fixed body, recording the row
+// it was given.
+func respondWith(body string, seen *db.Payment) db.Respond {
+	return func(p db.Payment) (int, []byte, error) {
+		*seen = p
+		return 201, []byte(body), nil
+	}
+}
+
+func TestPayments_ClaimIsAtomicPerClientAndKey(t *testing.T) {
 	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
 	ctx := context.Background()
 
 	const callers = 20
 	var wg sync.WaitGroup
-	created := make(chan string, callers)
+	owners := make(chan string, callers)
 	ids := make(chan string, callers)
 	for i := range callers {
 		wg.Go(func() {
 			p := newPayment("client_a", "key-1")
 			p.ID = fmt.Sprintf("pay_%02d", i)
-			got, ok, err := repo.Create(ctx, p)
+			c, err := repo.Claim(ctx, p, fmt.Sprint("token-", i), lease)
 			if err != nil {
-				t.Errorf("Create: %v", err)
+				t.Errorf("Claim: %v", err)
 				return
 			}
-			if ok {
-				created <- got.ID
+			if c.Owned {
+				if !c.Created {
+					t.Errorf("caller %d owns without creating, but no lease had expired", i)
+				}
+				owners <- c.Payment.ID
 			}
-			ids <- got.ID
+			ids <- c.Payment.ID
 		})
 	}
 	wg.Wait()
-	close(created)
+	close(owners)
 	close(ids)
-	if n := len(created); n != 1 {
-		t.Fatalf("%d callers created a payment for one key, want 1", n)
+	if n := len(owners); n != 1 {
+		t.Fatalf("%d callers own the key, want 1", n)
 	}
-	winner := <-created
+	winner := <-owners
 	for id := range ids {
 		if id != winner {
 			t.Errorf("a caller got payment %s, want the one created: %s", id, winner)
@@ -125,53 +148,118 @@ func TestPayments_CreateIsAtomicPerClientAndKey(t *testing.T) {
 	}
 
 	// Another client may use the same key.
-	other, ok, err := repo.Create(ctx, newPayment("client_b", "key-1"))
-	if err != nil || !ok || other.ID == winner {
-		t.Fatalf("client_b with the same key: created=%v id=%s err=%v; want a new payment", ok, other.ID, err)
+	other := claim(t, repo, newPayment("client_b", "key-1"), "t", lease)
+	if !other.Created || other.Payment.ID == winner {
+		t.Fatalf("client_b with the same key: %+v; want a new payment", other)
 	}
 }
 
-func TestPayments_SettleIsFinal(t *testing.T) {
+func TestPayments_ExpiredLeaseIsTakenOverByOneRetry(t *testing.T) {
+	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
+	first := claim(t, repo, newPayment("c", "k"), "first", 50*time.Millisecond)
+	if got := claim(t, repo, newPayment("c", "k"), "early", lease); got.Owned || !got.Payment.LeaseActive {
+		t.Fatalf("a claim while the lease is held: %+v; want not owned, lease active", got)
+	}
+	time.Sleep(100 * time.Millisecond)
+
+	const retries = 10
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	owners := 0
+	for i := range retries {
+		wg.Go(func() {
+			c := claim(t, repo, newPayment("c", "k"), fmt.Sprint("retry-", i), lease)
+			if c.Owned {
+				mu.Lock()
+				owners++
+				mu.Unlock()
+				if c.Created || c.Payment.ID != first.Payment.ID {
+					t.Errorf("takeover %+v: want the same payment, resumed", c)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if owners != 1 {
+		t.Fatalf("%d retries took the expired lease over, want 1", owners)
+	}
+
+	// A different request never takes over, expired lease or not.
+	other := newPayment("c", "k")
+	other.Fingerprint = "another request"
+	if c := claim(t, repo, other, "x", lease); c.Owned {
+		t.Error("a request with another fingerprint took the payment over")
+	}
+}
+
+func TestPayments_AStaleOwnerCannotTouchTheNewOwnersLease(t *testing.T) {
 	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
 	ctx := context.Background()
-	p, _, err := repo.Create(ctx, newPayment("c", "k"))
-	if err != nil {
-		t.Fatal(err)
+	old := claim(t, repo, newPayment("c", "k"), "old", 50*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	if c := claim(t, repo, newPayment("c", "k"), "new", lease); !c.Owned {
+		t.Fatal("the expired lease was not taken over")
 	}
+	id := old.Payment.ID
+	for name, err := range map[string]error{
+		"StartCharge":  repo.StartCharge(ctx, id, "old", lease),
+		"ReleaseLease": repo.ReleaseLease(ctx, id, "old"),
+		"Abandon":      repo.Abandon(ctx, id, "old"),
+	} {
+		if !errors.Is(err, db.ErrLeaseLost) {
+			t.Errorf("%s with the old token: %v, want ErrLeaseLost", name, err)
+		}
+	}
+	if c := claim(t, repo, newPayment("c", "k"), "third", lease); c.Owned || !c.Payment.LeaseActive {
+		t.Errorf("the new owner's lease was disturbed: %+v", c)
+	}
+	if err := repo.StartCharge(ctx, id, "new", lease); err != nil {
+		t.Errorf("StartCharge by the new owner: %v", err)
+	}
+}
+
+func TestPayments_SettleIsFinalAndStoresTheResponse(t *testing.T) {
+	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
+	ctx := context.Background()
+	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
 	if p.Status != db.StatusProcessing {
 		t.Fatalf("new payment status %q, want processing", p.Status)
 	}
 
-	settled, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: "ch_1"})
-	if err != nil || settled.Status != db.StatusSucceeded || settled.ProviderChargeID != "ch_1" {
-		t.Fatalf("Settle = %+v, %v", settled, err)
+	var rendered db.Payment
+	settled, now, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: "ch_1"}, respondWith(`{"first":true}`, &rendered))
+	if err != nil || !now || settled.Status != db.StatusSucceeded || string(settled.ResponseBody) != `{"first":true}` {
+		t.Fatalf("Settle = %+v, %v, %v", settled, now, err)
 	}
-	again, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusFailed, FailureCode: "late"})
+	stored, err := repo.Get(ctx, "c", p.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Status != db.StatusSucceeded || again.FailureCode != "" {
+	// The response was rendered from exactly what is stored.
+	if !rendered.UpdatedAt.Equal(stored.UpdatedAt) || rendered.Status != stored.Status || rendered.ProviderChargeID != "ch_1" {
+		t.Errorf("rendered from %+v, stored %+v", rendered, stored)
+	}
+	if stored.ResponseStatus != 201 || string(stored.ResponseBody) != `{"first":true}` || stored.LeaseActive {
+		t.Errorf("stored %+v", stored)
+	}
+
+	again, now, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusFailed, FailureCode: "late"}, respondWith(`{"second":true}`, &rendered))
+	if err != nil || now {
+		t.Fatalf("second Settle: now=%v err=%v", now, err)
+	}
+	if again.Status != db.StatusSucceeded || string(again.ResponseBody) != `{"first":true}` {
 		t.Errorf("a settled payment changed: %+v", again)
 	}
-	if _, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusProcessing}); err == nil {
+	if _, _, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusProcessing}, respondWith("", &rendered)); err == nil {
 		t.Error("Settle to processing succeeded, want an error")
-	}
-	if err := repo.Abandon(ctx, p.ID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.Get(ctx, "c", p.ID); err != nil {
-		t.Errorf("Abandon deleted a settled payment: %v", err)
 	}
 }
 
 func TestPayments_AbandonFreesTheKey(t *testing.T) {
 	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
 	ctx := context.Background()
-	p, _, err := repo.Create(ctx, newPayment("c", "k"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := repo.Abandon(ctx, p.ID); err != nil {
+	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
+	if err := repo.Abandon(ctx, p.ID, "t"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := repo.Get(ctx, "c", p.ID); !errors.Is(err, db.ErrNotFound) {
@@ -179,18 +267,97 @@ func TestPayments_AbandonFreesTheKey(t *testing.T) {
 	}
 	retry := newPayment("c", "k")
 	retry.ID = "pay_retry"
-	if _, ok, err := repo.Create(ctx, retry); err != nil || !ok {
-		t.Fatalf("Create with the abandoned key: created=%v err=%v, want a new payment", ok, err)
+	if c := claim(t, repo, retry, "t2", lease); !c.Created {
+		t.Fatalf("Claim of the abandoned key: %+v, want a new payment", c)
+	}
+}
+
+func TestPayments_StaleListsOnlyUnheldOldProcessingPayments(t *testing.T) {
+	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
+	ctx := context.Background()
+	held := claim(t, repo, newPayment("c", "held"), "t1", lease).Payment
+	released := claim(t, repo, newPayment("c", "released"), "t2", lease).Payment
+	settled := claim(t, repo, newPayment("c", "settled"), "t3", lease).Payment
+	if err := repo.ReleaseLease(ctx, released.ID, "t2"); err != nil {
+		t.Fatal(err)
+	}
+	var seen db.Payment
+	if _, _, err := repo.Settle(ctx, settled.ID, db.Settlement{Status: db.StatusSucceeded}, respondWith("{}", &seen)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+
+	stale, err := repo.Stale(ctx, 10*time.Millisecond, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stale) != 1 || stale[0].ID != released.ID {
+		t.Fatalf("Stale = %v, want only %s (not the held %s nor the settled %s)", ids(stale), released.ID, held.ID, settled.ID)
+	}
+	if young, _ := repo.Stale(ctx, time.Hour, 10); len(young) != 0 {
+		t.Errorf("Stale(1h) = %v, want none", ids(young))
+	}
+
+	if err := repo.TakeLease(ctx, released.ID, "reconciler", lease); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.TakeLease(ctx, released.ID, "another", lease); !errors.Is(err, db.ErrLeaseLost) {
+		t.Errorf("a second TakeLease: %v, want ErrLeaseLost", err)
+	}
+	age, err := repo.ChargeAttemptAge(ctx, released.ID)
+	if err != nil || age < 20*time.Millisecond || age > time.Minute {
+		t.Errorf("ChargeAttemptAge = %s, %v", age, err)
+	}
+}
+
+func ids(ps []db.Payment) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.ID
+	}
+	return out
+}
+
+func TestLeader_OneLeadsAndAnotherTakesOverWhenItDies(t *testing.T) {
+	url := testenv.NewDatabase(t)
+	ctx := context.Background()
+	const key = 42
+	a, b := db.NewLeader(open(t, url), key), db.NewLeader(open(t, url), key)
+
+	if ok, err := a.Lead(ctx); !ok || err != nil {
+		t.Fatalf("a.Lead = %v, %v; want leadership", ok, err)
+	}
+	if ok, err := b.Lead(ctx); ok || err != nil {
+		t.Fatalf("b.Lead while a leads = %v, %v", ok, err)
+	}
+	if ok, _ := a.Lead(ctx); !ok {
+		t.Fatal("a lost leadership for no reason")
+	}
+
+	// a's session dies (a crash, a network cut): Postgres frees the lock.
+	admin := open(t, url)
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1`, key); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Lead(ctx); !ok || err != nil {
+		t.Fatalf("b.Lead after a died = %v, %v; want leadership", ok, err)
+	}
+	if ok, _ := a.Lead(ctx); ok {
+		t.Fatal("a still believes it leads after its session died")
+	}
+
+	if err := b.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := a.Lead(ctx); !ok {
+		t.Fatal("a could not lead after b resigned")
 	}
 }
 
 func TestPayments_GetIsScopedToTheClient(t *testing.T) {
 	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
 	ctx := context.Background()
-	p, _, err := repo.Create(ctx, newPayment("owner", "k"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := claim(t, repo, newPayment("owner", "k"), "t", lease).Payment
 	got, err := repo.Get(ctx, "owner", p.ID)
 	if err != nil || got.Metadata["order"] != "k" {
 		t.Fatalf("owner's Get = %+v, %v", got, err)
@@ -207,14 +374,10 @@ func TestPayments_ListPagesNewestFirst(t *testing.T) {
 	var want []string // newest first
 	for i := range 7 {
 		p := newPayment("c", fmt.Sprint(i))
-		if _, _, err := repo.Create(ctx, p); err != nil {
-			t.Fatal(err)
-		}
+		claim(t, repo, p, "t", lease)
 		want = append([]string{p.ID}, want...)
 	}
-	if _, _, err := repo.Create(ctx, newPayment("other", "x")); err != nil {
-		t.Fatal(err)
-	}
+	claim(t, repo, newPayment("other", "x"), "t", lease)
 
 	var got []string
 	cursor := ""
@@ -252,10 +415,7 @@ func TestPayments_ReplicaFallsBackToPrimary(t *testing.T) {
 	t.Cleanup(func() { broken.Close() })
 	repo := db.NewPayments(primary, broken)
 	ctx := context.Background()
-	p, _, err := repo.Create(ctx, newPayment("c", "k"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
 	if _, err := repo.Get(ctx, "c", p.ID); err != nil {
 		t.Errorf("Get with a broken replica: %v", err)
 	}

@@ -13,6 +13,9 @@ import (
 var (
 	ErrNotFound       = errors.New("payment not found")
 	ErrCursorNotFound = errors.New("cursor payment not found")
+	// ErrLeaseLost: the lease named by a token has expired and been taken
+	// over; the payment is someone else's to drive now.
+	ErrLeaseLost = errors.New("payment lease lost")
 )
 
 // Payment statuses as stored. The payments package owns their meaning.
@@ -37,6 +40,10 @@ type Payment struct {
 	FailureCode      string // empty unless failed
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
+
+	ResponseStatus int    // the stored final response; 0 while processing
+	ResponseBody   []byte // (or for payments settled before migration 2)
+	LeaseActive    bool   // someone holds an unexpired lease on it
 }
 
 // Payments is the repository of payments. Reads that may be slightly stale
@@ -58,36 +65,161 @@ func NewPayments(primary, replica *sql.DB) *Payments {
 
 const paymentColumns = `id, client_id, idempotency_key, request_fingerprint, amount, currency,
 	description, metadata, status, coalesce(provider_charge_id, ''), coalesce(failure_code, ''),
-	created_at, updated_at`
+	created_at, updated_at, coalesce(response_status, 0), response_body,
+	coalesce(lease_expires_at > now(), false)`
 
-// Create inserts p in status processing unless the client has already used
-// p.IdempotencyKey. It returns the row as stored — p itself, or the payment
-// that already holds the key — and whether this call created it. The unique
-// constraint makes this atomic: of many concurrent calls with one key,
-// exactly one creates.
-func (r *Payments) Create(ctx context.Context, p Payment) (Payment, bool, error) {
+// Claim is the outcome of Payments.Claim.
+type Claim struct {
+	Payment Payment
+	// Owned: the caller holds the payment's lease and must drive it: call
+	// the provider, then settle, release or abandon it.
+	Owned bool
+	// Created: the caller inserted the payment (it is Owned too).
+	Created bool
+}
+
+// Claim takes an idempotency key for a request, atomically, in one of
+// three ways:
+//
+//   - the key is new: p is inserted, processing, under a lease for token;
+//   - the key names a processing payment of the same request whose lease
+//     has expired (its driver gave up or died): the lease is taken over,
+//     and the caller resumes it;
+//   - otherwise the payment is returned as it is, not owned, for the
+//     caller to replay, or refuse as in flight or as a reused key.
+//
+// Of any number of concurrent claims on one key, at most one owns it.
+func (r *Payments) Claim(ctx context.Context, p Payment, token string, lease time.Duration) (Claim, error) {
 	metadata, err := json.Marshal(p.Metadata)
 	if err != nil {
-		return Payment{}, false, fmt.Errorf("encode metadata of payment %s: %w", p.ID, err)
+		return Claim{}, fmt.Errorf("encode metadata of payment %s: %w", p.ID, err)
 	}
-	row := r.primary.QueryRowContext(ctx, `
-		INSERT INTO payments (id, client_id, idempotency_key, request_fingerprint, amount, currency, description, metadata, status)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-		ON CONFLICT (client_id, idempotency_key) DO NOTHING
-		RETURNING `+paymentColumns,
-		p.ID, p.ClientID, p.IdempotencyKey, p.Fingerprint, p.Amount, p.Currency, p.Description, metadata, StatusProcessing)
-	created, err := scanPayment(row)
-	if err == nil {
-		return created, true, nil
+	// A payment abandoned between our statements frees its key: try again.
+	for range 3 {
+		created, err := scanPayment(r.primary.QueryRowContext(ctx, `
+			INSERT INTO payments (id, client_id, idempotency_key, request_fingerprint, amount, currency,
+				description, metadata, status, lease_token, lease_expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'processing', $9, now() + $10 * interval '1 millisecond')
+			ON CONFLICT (client_id, idempotency_key) DO NOTHING
+			RETURNING `+paymentColumns,
+			p.ID, p.ClientID, p.IdempotencyKey, p.Fingerprint, p.Amount, p.Currency, p.Description, metadata,
+			token, lease.Milliseconds()))
+		if err == nil {
+			return Claim{Payment: created, Owned: true, Created: true}, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return Claim{}, fmt.Errorf("insert payment for key %q: %w", p.IdempotencyKey, err)
+		}
+
+		resumed, err := scanPayment(r.primary.QueryRowContext(ctx, `
+			UPDATE payments
+			SET lease_token = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
+			WHERE client_id = $1 AND idempotency_key = $2 AND request_fingerprint = $3
+			  AND status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+			RETURNING `+paymentColumns,
+			p.ClientID, p.IdempotencyKey, p.Fingerprint, token, lease.Milliseconds()))
+		if err == nil {
+			return Claim{Payment: resumed, Owned: true}, nil
+		}
+		if !errors.Is(err, ErrNotFound) {
+			return Claim{}, fmt.Errorf("take over payment for key %q: %w", p.IdempotencyKey, err)
+		}
+
+		existing, err := r.ByKey(ctx, p.ClientID, p.IdempotencyKey)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return Claim{}, err
+		}
+		return Claim{Payment: existing}, nil
 	}
-	if !errors.Is(err, ErrNotFound) {
-		return Payment{}, false, fmt.Errorf("insert payment for key %q: %w", p.IdempotencyKey, err)
-	}
-	existing, err := r.ByKey(ctx, p.ClientID, p.IdempotencyKey)
+	return Claim{}, fmt.Errorf("claim key %q: the payment kept disappearing", p.IdempotencyKey)
+}
+
+// StartCharge is called by the lease holder just before it calls the
+// provider: it renews the lease for the call and records the attempt, so
+// the reconciler knows a charge may be in flight. It returns ErrLeaseLost
+// if the lease has been taken over: then the caller must not call the
+// provider, since another request is driving the payment.
+func (r *Payments) StartCharge(ctx context.Context, id, token string, lease time.Duration) error {
+	return r.fenced(ctx, "start charge of", id, `
+		UPDATE payments
+		SET lease_expires_at = now() + $3 * interval '1 millisecond', charge_attempted_at = now(), updated_at = now()
+		WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, id, token, lease.Milliseconds())
+}
+
+// TakeLease takes the lease of a processing payment whose lease has
+// expired, without marking a charge attempt: for the reconciler, which
+// only looks the charge up.
+func (r *Payments) TakeLease(ctx context.Context, id, token string, lease time.Duration) error {
+	return r.fenced(ctx, "take lease of", id, `
+		UPDATE payments
+		SET lease_token = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
+		WHERE id = $1 AND status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at <= now())`,
+		id, token, lease.Milliseconds())
+}
+
+// ReleaseLease gives up the lease of a payment left processing (its
+// outcome is unknown), so that a retry or the reconciler can take it at
+// once instead of waiting for it to expire.
+func (r *Payments) ReleaseLease(ctx context.Context, id, token string) error {
+	return r.fenced(ctx, "release lease of", id, `
+		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL
+		WHERE id = $1 AND lease_token = $2`, id, token)
+}
+
+// fenced runs a statement that must change the payment held under a lease,
+// and returns ErrLeaseLost if it changed nothing.
+func (r *Payments) fenced(ctx context.Context, what, id, query string, args ...any) error {
+	res, err := r.primary.ExecContext(ctx, query, args...)
 	if err != nil {
-		return Payment{}, false, err
+		return fmt.Errorf("%s payment %s: %w", what, id, err)
 	}
-	return existing, false, nil
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("%s payment %s: %w", what, id, err)
+	} else if n == 0 {
+		return fmt.Errorf("%s payment %s: %w", what, id, ErrLeaseLost)
+	}
+	return nil
+}
+
+// Stale returns up to limit processing payments that nobody holds and
+// whose last charge attempt is older than age, oldest first.
+func (r *Payments) Stale(ctx context.Context, age time.Duration, limit int) ([]Payment, error) {
+	rows, err := r.primary.QueryContext(ctx, `SELECT `+paymentColumns+` FROM payments
+		WHERE status = 'processing' AND charge_attempted_at < now() - $1 * interval '1 millisecond'
+		  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+		ORDER BY charge_attempted_at
+		LIMIT $2`, age.Milliseconds(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("list stale payments: %w", err)
+	}
+	defer rows.Close()
+	var payments []Payment
+	for rows.Next() {
+		p, err := scanPayment(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list stale payments: %w", err)
+		}
+		payments = append(payments, p)
+	}
+	return payments, rows.Err()
+}
+
+// ChargeAttemptAge returns how long ago a charge of the payment was last
+// attempted, by the database's clock.
+func (r *Payments) ChargeAttemptAge(ctx context.Context, id string) (time.Duration, error) {
+	var ms float64
+	err := r.primary.QueryRowContext(ctx,
+		`SELECT extract(epoch FROM now() - charge_attempted_at) * 1000 FROM payments WHERE id = $1`, id).Scan(&ms)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("payment %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("charge attempt age of payment %s: %w", id, err)
+	}
+	return time.Duration(ms * float64(time.Millisecond)), nil
 }
 
 // ByKey returns the client's payment for an idempotency key, from the
@@ -176,60 +308,99 @@ type Settlement struct {
 	FailureCode      string
 }
 
-// Settle moves a processing payment to its final state and returns the row
-// as it then is. Final states never change: if the payment was already
-// settled (by a concurrent retry, say), Settle changes nothing and returns
-// the stored row, whose outcome the provider's idempotency guarantees is
-// the same.
-func (r *Payments) Settle(ctx context.Context, id string, s Settlement) (Payment, error) {
+// Respond renders the response a settled payment's key answers with.
+type Respond func(settled Payment) (status int, body []byte, err error)
+
+// Settle moves a processing payment to its final state, stores the
+// response respond renders for it, and releases its lease, in one
+// transaction. It returns the row as it then is, and whether this call
+// settled it. Final states never change: if the payment was settled
+// already (by a concurrent retry, say), Settle changes nothing and
+// returns the stored row, whose outcome the provider's idempotency key
+// guarantees is the same.
+//
+// Settle is not fenced by the lease: whoever settles, the charge is the
+// same one.
+func (r *Payments) Settle(ctx context.Context, id string, s Settlement, respond Respond) (Payment, bool, error) {
 	if s.Status != StatusSucceeded && s.Status != StatusFailed {
-		return Payment{}, fmt.Errorf("settle payment %s: %q is not a final status", id, s.Status)
+		return Payment{}, false, fmt.Errorf("settle payment %s: %q is not a final status", id, s.Status)
 	}
-	row := r.primary.QueryRowContext(ctx, `
-		UPDATE payments
-		SET status = $2, provider_charge_id = nullif($3, ''), failure_code = nullif($4, ''), updated_at = now()
-		WHERE id = $1 AND status = 'processing'
-		RETURNING `+paymentColumns,
-		id, s.Status, s.ProviderChargeID, s.FailureCode)
-	p, err := scanPayment(row)
-	if errors.Is(err, ErrNotFound) {
-		p, err = scanPayment(r.primary.QueryRowContext(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id))
-	}
+	tx, err := r.primary.BeginTx(ctx, nil)
 	if err != nil {
-		return Payment{}, fmt.Errorf("settle payment %s: %w", id, err)
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
 	}
-	return p, nil
+	defer tx.Rollback() // a no-op after Commit
+
+	// now() is the transaction's start time, the same in both statements:
+	// the response rendered here shows exactly the updated_at stored.
+	var now time.Time
+	var row Payment
+	err = scanRow(tx.QueryRowContext(ctx, `SELECT `+paymentColumns+`, now() FROM payments WHERE id = $1 FOR UPDATE`, id), &row, &now)
+	if err != nil {
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
+	}
+	if row.Status != StatusProcessing {
+		return row, false, nil
+	}
+	row.Status, row.ProviderChargeID, row.FailureCode, row.UpdatedAt = s.Status, s.ProviderChargeID, s.FailureCode, now
+	row.ResponseStatus, row.ResponseBody, err = respond(row)
+	if err != nil {
+		return Payment{}, false, fmt.Errorf("settle payment %s: render response: %w", id, err)
+	}
+	_, err = tx.ExecContext(ctx, `
+		UPDATE payments
+		SET status = $2, provider_charge_id = nullif($3, ''), failure_code = nullif($4, ''),
+		    response_status = $5, response_body = $6,
+		    lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+		WHERE id = $1`,
+		id, s.Status, s.ProviderChargeID, s.FailureCode, row.ResponseStatus, row.ResponseBody)
+	if err != nil {
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
+	}
+	row.LeaseActive = false
+	return row, true, nil
 }
 
-// Abandon deletes a payment that is still processing. It is only for a
-// payment whose provider call was never sent: nothing was charged, and
-// deleting the row leaves the client's idempotency key usable again.
-func (r *Payments) Abandon(ctx context.Context, id string) error {
-	_, err := r.primary.ExecContext(ctx, `DELETE FROM payments WHERE id = $1 AND status = 'processing'`, id)
-	if err != nil {
-		return fmt.Errorf("abandon payment %s: %w", id, err)
-	}
-	return nil
+// Abandon deletes a processing payment the caller created and holds, whose
+// provider call was never sent: nothing was charged, and deleting the row
+// leaves the client's idempotency key usable again. If the lease was taken
+// over, another request is driving the payment and Abandon returns
+// ErrLeaseLost, deleting nothing.
+func (r *Payments) Abandon(ctx context.Context, id, token string) error {
+	return r.fenced(ctx, "abandon", id,
+		`DELETE FROM payments WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, id, token)
 }
 
 // scanner is what *sql.Row and *sql.Rows have in common.
 type scanner interface{ Scan(dest ...any) error }
 
 func scanPayment(s scanner) (Payment, error) {
-	var (
-		p        Payment
-		metadata []byte
-	)
-	err := s.Scan(&p.ID, &p.ClientID, &p.IdempotencyKey, &p.Fingerprint, &p.Amount, &p.Currency,
-		&p.Description, &metadata, &p.Status, &p.ProviderChargeID, &p.FailureCode, &p.CreatedAt, &p.UpdatedAt)
+	var p Payment
+	err := scanRow(s, &p)
+	return p, err
+}
+
+// scanRow scans paymentColumns into p, then any extra columns into extra.
+func scanRow(s scanner, p *Payment, extra ...any) error {
+	var metadata []byte
+	dest := append([]any{&p.ID, &p.ClientID, &p.IdempotencyKey, &p.Fingerprint, &p.Amount, &p.Currency,
+		&p.Description, &metadata, &p.Status, &p.ProviderChargeID, &p.FailureCode, &p.CreatedAt, &p.UpdatedAt,
+		&p.ResponseStatus, &p.ResponseBody, &p.LeaseActive}, extra...)
+	err := s.Scan(dest...)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Payment{}, ErrNotFound
+		return ErrNotFound
 	}
 	if err != nil {
-		return Payment{}, err
+		return err
 	}
 	if err := json.Unmarshal(metadata, &p.Metadata); err != nil {
-		return Payment{}, fmt.Errorf("decode metadata of payment %s: %w", p.ID, err)
+		return fmt.Errorf("decode metadata of payment %s: %w", p.ID, err)
 	}
-	return p, nil
+	return nil
 }
+
+// Leader returns a contender for the advisory lock key on the primary.
+func (r *Payments) Leader(key int64) *Leader { return NewLeader(r.primary, key) }
