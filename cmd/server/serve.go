@@ -66,7 +66,28 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	// Stops the workers if start-up fails below; after a graceful
 	// shutdown (which closes it first) it returns at once.
 	defer bulkhead.Close(context.Background())
-	svc := payments.NewService(db.NewPayments(primary, replica), providerClient, log)
+	idemMetrics, err := resilience.NewIdempotencyMetrics(reg)
+	if err != nil {
+		return err
+	}
+	idemStore, err := newIdempotencyStore(cfg, rdb, reg, log)
+	if err != nil {
+		return err
+	}
+	svc := payments.NewService(payments.Config{
+		Repo:     db.NewPayments(primary, replica),
+		Provider: providerClient,
+		Render:   api.RenderPayment,
+		Lease:    cfg.IdempotencyLease,
+		Metrics:  idemMetrics,
+		Log:      log,
+	})
+	reconciler, err := payments.NewReconciler(svc, payments.ReconcilerConfig{
+		Every: cfg.ReconcileInterval, After: cfg.ReconcileAfter, Grace: cfg.ReconcileGrace, Batch: cfg.ReconcileBatch,
+	}, reg)
+	if err != nil {
+		return err
+	}
 	clientLimit, err := resilience.NewKeyedLimiter("clients", cfg.RateLimitPerSecond, cfg.RateLimitBurst, cfg.RateLimitMaxKeys, reg)
 	if err != nil {
 		return err
@@ -78,9 +99,11 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 
 	health := api.NewHealth(time.Second,
 		api.Check{Name: "postgres", Probe: primary.PingContext},
-		// Until idempotency can fall back to Postgres alone, Redis is
-		// required: a Redis outage fails readiness (DESIGN §2, health).
-		api.Check{Name: "redis", Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+		// Optional: payments are served correctly through Postgres alone
+		// while Redis is down, so an outage shows as "degraded" and the
+		// replica stays ready. Failing readiness here would take every
+		// replica out of the load balancer at once (DESIGN §2, health).
+		api.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 	)
 	secrets := make(map[string]string, len(cfg.APIKeys))
 	for _, k := range cfg.APIKeys {
@@ -95,6 +118,10 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		Log:            log,
 		Metrics:        reg,
 		RequestTimeout: cfg.RequestTimeout,
+
+		IdempotencyStore:   idemStore,
+		IdempotencyMetrics: idemMetrics,
+		IdempotencyLease:   cfg.IdempotencyLease,
 	})
 
 	// Bind before serving: a port conflict fails start-up with a clear
@@ -148,6 +175,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		}
 		health.SetMigrated()
 		log.Info("ready: schema is current")
+		// Settles payments left processing, while this replica leads.
+		reconciler.Run(schemaCtx)
 	})
 
 	var runErr error
@@ -320,11 +349,31 @@ func newRedis(url string) (*redis.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
-	// Redis is a fast path: fail fast rather than make requests wait.
+	// Redis is a fast path: fail fast rather than make requests wait, and
+	// never retry (falling back to Postgres is cheaper than a retry).
 	opts.DialTimeout = 2 * time.Second
 	opts.ReadTimeout = 500 * time.Millisecond
 	opts.WriteTimeout = 500 * time.Millisecond
+	opts.MaxRetries = -1
 	return redis.NewClient(opts), nil
+}
+
+// newIdempotencyStore returns the Redis fast path of idempotency, behind a
+// circuit breaker of its own: while Redis is down, requests skip it at
+// once instead of each waiting for REDIS_TIMEOUT.
+func newIdempotencyStore(cfg config.Config, rdb *redis.Client, reg prometheus.Registerer, log *slog.Logger) (*resilience.IdempotencyStore, error) {
+	breaker, err := resilience.NewBreaker(resilience.BreakerSettings{
+		Name:           "redis",
+		Window:         10 * time.Second, // judge Redis on the last ten seconds
+		MinRequests:    5,                // a handful of failures is an outage for a cache this close
+		FailureRatio:   0.5,
+		OpenTimeout:    5 * time.Second, // Redis restarts in seconds: look again soon
+		HalfOpenProbes: 1,
+	}, resilience.RedisOutcome, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	return resilience.NewIdempotencyStore(rdb, "payservice:idem", cfg.IdempotencyResponseTTL, cfg.RedisTimeout, breaker), nil
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

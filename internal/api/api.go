@@ -20,6 +20,9 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/resilience"
 )
 
 // Deps is what the public API needs.
@@ -32,6 +35,12 @@ type Deps struct {
 	Log            *slog.Logger
 	Metrics        prometheus.Registerer
 	RequestTimeout time.Duration
+
+	// The Redis fast path of idempotency. Without a store, every request
+	// goes to the payments service, whose Postgres claim is the truth.
+	IdempotencyStore   *resilience.IdempotencyStore
+	IdempotencyMetrics *resilience.IdempotencyMetrics
+	IdempotencyLease   time.Duration
 }
 
 // NewHandler returns the public API.
@@ -58,11 +67,40 @@ func NewHandler(d Deps) http.Handler {
 		r.Use(d.Auth.identify, rateLimit(d.ClientLimit, d.AnonymousLimit), requireClient,
 			requireReady(d.Health), deadline(d.RequestTimeout))
 		h := &paymentHandlers{svc: d.Payments, log: d.Log}
-		r.Post("/payments", h.create)
+		r.Post("/payments", idempotent(d, h.create))
 		r.Get("/payments", h.list)
 		r.Get("/payments/{id}", h.get)
 	})
 	return r
+}
+
+// idempotent puts the Redis fast path in front of create, for requests
+// whose media type is right (the others get create's 415, never a replay).
+func idempotent(d Deps, create http.HandlerFunc) http.HandlerFunc {
+	if d.IdempotencyStore == nil {
+		return create
+	}
+	guarded := resilience.NewIdempotency(resilience.IdempotencyConfig{
+		Store:    d.IdempotencyStore,
+		Metrics:  d.IdempotencyMetrics,
+		Log:      d.Log,
+		Lease:    d.IdempotencyLease,
+		MaxBody:  maxBodyBytes,
+		Scope:    func(r *http.Request) string { return ClientIDFrom(r.Context()) },
+		Route:    paymentsRoute,
+		ValidKey: payments.ValidIdempotencyKey,
+		// Charged or declined: the outcomes stored and replayed.
+		Final:    func(status int) bool { return status == http.StatusCreated || status == http.StatusPaymentRequired },
+		InFlight: writeInFlight,
+		Mismatch: writeKeyReused,
+	}).Middleware(create)
+	return func(w http.ResponseWriter, r *http.Request) {
+		if requireJSON(r) != nil {
+			create(w, r)
+			return
+		}
+		guarded.ServeHTTP(w, r)
+	}
 }
 
 // NewAdminHandler returns the admin endpoints: /metrics and /debug/pprof/.

@@ -27,7 +27,12 @@ type ctxKey int
 const (
 	requestIDKey ctxKey = iota
 	clientIDKey
+	accessLogKey
 )
+
+// accessLogInfo carries what inner middleware learns about a request back
+// out to the access log, which wraps them and only sees its own context.
+type accessLogInfo struct{ clientID string }
 
 func requestIDFrom(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey).(string)
@@ -102,6 +107,8 @@ func observe(log *slog.Logger, m *httpMetrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			info := &accessLogInfo{}
+			r = r.WithContext(context.WithValue(r.Context(), accessLogKey, info))
 			ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
 			defer func() {
 				status := ww.Status()
@@ -128,7 +135,7 @@ func observe(log *slog.Logger, m *httpMetrics) func(http.Handler) http.Handler {
 					slog.Int("status", status),
 					slog.Int("bytes", ww.BytesWritten()),
 					slog.Duration("duration", elapsed),
-					slog.String("client_id", ClientIDFrom(r.Context())),
+					slog.String("client_id", info.clientID),
 					slog.String("remote", r.RemoteAddr),
 				)
 			}()
@@ -214,6 +221,9 @@ func (a *Authenticator) identify(next http.Handler) http.Handler {
 		if ok && strings.EqualFold(scheme, "Bearer") {
 			if client, ok := a.clientFor(strings.TrimSpace(key)); ok {
 				r = r.WithContext(context.WithValue(r.Context(), clientIDKey, client))
+				if info, ok := r.Context().Value(accessLogKey).(*accessLogInfo); ok {
+					info.clientID = client
+				}
 			}
 		}
 		next.ServeHTTP(w, r)

@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -103,34 +105,60 @@ func (h *paymentHandlers) create(w http.ResponseWriter, r *http.Request) {
 		ClientID:       client,
 		IdempotencyKey: key,
 		Fingerprint:    fingerprint,
+		RequestID:      requestIDFrom(r.Context()),
 		Request:        req,
 	})
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	if res.Replayed {
-		w.Header().Set("Idempotent-Replayed", "true")
-	}
-	writePaymentOutcome(w, r, res.Payment)
+	writeResponse(w, res.Payment.ID, res.Response, res.Replayed)
 }
 
-// writePaymentOutcome answers with a payment's status: 201 charged, 402
-// declined, 202 still processing.
-func writePaymentOutcome(w http.ResponseWriter, r *http.Request, p payments.Payment) {
+// writeResponse writes a rendered payment response. Its body is what was
+// stored for the idempotency key (for final outcomes), so a first answer
+// and every replay of it are the same bytes.
+func writeResponse(w http.ResponseWriter, paymentID string, resp payments.Response, replayed bool) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if resp.Status == http.StatusPaymentRequired {
+		h.Set("Content-Type", "application/problem+json")
+	} else {
+		h.Set("Location", paymentsRoute+"/"+paymentID)
+	}
+	if replayed {
+		h.Set("Idempotent-Replayed", "true")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(resp.Body)))
+	w.WriteHeader(resp.Status)
+	_, _ = w.Write(resp.Body)
+}
+
+// RenderPayment renders the response to a payment request: 201 with the
+// payment when charged, 402 problem+json with the payment when it failed,
+// 202 with the payment while its outcome is unknown. The service stores
+// the final ones, so this is the format of every replay too.
+func RenderPayment(p payments.Payment, requestID string) (payments.Response, error) {
 	view := viewPayment(p)
+	var v any = view
+	status := http.StatusAccepted
 	switch p.Status {
 	case payments.StatusSucceeded:
-		w.Header().Set("Location", paymentsRoute+"/"+p.ID)
-		writeJSON(w, http.StatusCreated, view)
+		status = http.StatusCreated
 	case payments.StatusFailed:
-		prob := newProblem(r, probDeclined, "The payment was declined: "+p.FailureCode+".")
+		status = http.StatusPaymentRequired
+		prob := problemFor(probDeclined, "The payment was declined: "+p.FailureCode+".", requestID)
+		if p.FailureCode == payments.FailureNoCharge {
+			prob = problemFor(probPaymentFailed, "The provider never received the charge; nothing was paid. Retry with a new Idempotency-Key.", requestID)
+		}
 		prob.Payment = &view
-		writeProblemBody(w, prob)
-	default:
-		w.Header().Set("Location", paymentsRoute+"/"+p.ID)
-		writeJSON(w, http.StatusAccepted, view)
+		v = prob
 	}
+	body, err := json.Marshal(v)
+	if err != nil {
+		return payments.Response{}, fmt.Errorf("render payment %s: %w", p.ID, err)
+	}
+	return payments.Response{Status: status, Body: body}, nil
 }
 
 // get handles GET /v1/payments/{id}.
@@ -186,9 +214,9 @@ func (h *paymentHandlers) fail(w http.ResponseWriter, r *http.Request, err error
 		prob.Errors = invalid.Errors
 		writeProblemBody(w, prob)
 	case errors.Is(err, payments.ErrKeyReused):
-		writeProblem(w, r, probKeyReused, "This Idempotency-Key was already used for a different request. Use a new key for a new payment.")
+		writeKeyReused(w, r)
 	case errors.Is(err, payments.ErrInFlight):
-		writeProblemRetry(w, r, probInFlight, "A request with this Idempotency-Key is still being processed. Retry later with the same key.", time.Second)
+		writeInFlight(w, r)
 	case errors.Is(err, payments.ErrNotFound):
 		writeProblem(w, r, probNotFound, "No such payment.")
 	case errors.Is(err, payments.ErrBadCursor):
@@ -200,4 +228,14 @@ func (h *paymentHandlers) fail(w http.ResponseWriter, r *http.Request, err error
 		logError(h.log, r, "request failed", err)
 		writeProblem(w, r, probInternal, "The server failed unexpectedly; quote the request id when reporting it.")
 	}
+}
+
+// writeKeyReused refuses a key used before for a different request (422).
+func writeKeyReused(w http.ResponseWriter, r *http.Request) {
+	writeProblem(w, r, probKeyReused, "This Idempotency-Key was already used for a different request. Use a new key for a new payment.")
+}
+
+// writeInFlight refuses a key whose first request is still running (409).
+func writeInFlight(w http.ResponseWriter, r *http.Request) {
+	writeProblemRetry(w, r, probInFlight, "A request with this Idempotency-Key is still being processed. Retry later with the same key.", time.Second)
 }

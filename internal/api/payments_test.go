@@ -43,14 +43,21 @@ func (s *recordingService) Create(_ context.Context, in payments.CreateInput) (p
 		return payments.Result{}, s.err
 	}
 	s.written = append(s.written, in)
-	if s.result.Payment.ID != "" {
-		return s.result, nil
+	res := s.result
+	if res.Payment.ID == "" {
+		res.Payment = payments.Payment{
+			ID: "pay_1", ClientID: in.ClientID, Amount: in.Request.Amount, Currency: in.Request.Currency,
+			Status: payments.StatusSucceeded, ProviderChargeID: "ch_1", Metadata: in.Request.Metadata,
+			CreatedAt: time.Unix(0, 0), UpdatedAt: time.Unix(0, 0),
+		}
 	}
-	return payments.Result{Payment: payments.Payment{
-		ID: "pay_1", ClientID: in.ClientID, Amount: in.Request.Amount, Currency: in.Request.Currency,
-		Status: payments.StatusSucceeded, ProviderChargeID: "ch_1", Metadata: in.Request.Metadata,
-		CreatedAt: time.Unix(0, 0), UpdatedAt: time.Unix(0, 0),
-	}}, nil
+	// Rendered as the real service does, with the API's renderer.
+	resp, err := RenderPayment(res.Payment, in.RequestID)
+	if err != nil {
+		return payments.Result{}, err
+	}
+	res.Response = resp
+	return res, nil
 }
 
 func (s *recordingService) Get(_ context.Context, clientID, id string) (payments.Payment, error) {
@@ -526,5 +533,20 @@ func TestRateLimit_FailedAuthenticationIsLimitedPerAddress(t *testing.T) {
 	}
 	if code := guess("198.51.100.7:1234"); code != 401 {
 		t.Errorf("a guess from another address: %d, want 401", code)
+	}
+}
+
+func TestAccessLog_NamesTheAuthenticatedClient(t *testing.T) {
+	var logs bytes.Buffer
+	h := NewHealth(time.Second)
+	h.SetMigrated()
+	handler := NewHandler(Deps{
+		Payments: &recordingService{}, Auth: NewAuthenticator(map[string]string{"client_a": "key_a"}),
+		ClientLimit: unlimited{}, AnonymousLimit: unlimited{}, Health: h,
+		Log: slog.New(slog.NewJSONHandler(&logs, nil)), Metrics: prometheus.NewRegistry(), RequestTimeout: time.Second,
+	})
+	handler.ServeHTTP(httptest.NewRecorder(), postPayment(validBody, nil))
+	if !strings.Contains(logs.String(), `"client_id":"client_a"`) {
+		t.Errorf("access log lacks the client: %s", logs.String())
 	}
 }

@@ -29,6 +29,7 @@ var (
 	probBadQuery          = problemKind{http.StatusBadRequest, "invalid-query", "Invalid query parameter"}
 	probUnauthorized      = problemKind{http.StatusUnauthorized, "unauthorized", "Missing or invalid API key"}
 	probDeclined          = problemKind{http.StatusPaymentRequired, "payment-declined", "Payment declined"}
+	probPaymentFailed     = problemKind{http.StatusPaymentRequired, "payment-failed", "Payment failed"}
 	probNotFound          = problemKind{http.StatusNotFound, "not-found", "Not found"}
 	probMethodNotAllowed  = problemKind{http.StatusMethodNotAllowed, "method-not-allowed", "Method not allowed"}
 	probInFlight          = problemKind{http.StatusConflict, "idempotency-key-in-flight", "A request with this idempotency key is in progress"}
@@ -54,12 +55,16 @@ type problem struct {
 }
 
 func newProblem(r *http.Request, kind problemKind, detail string) problem {
+	return problemFor(kind, detail, requestIDFrom(r.Context()))
+}
+
+func problemFor(kind problemKind, detail, requestID string) problem {
 	return problem{
 		Type:      problemTypeBase + kind.slug,
 		Title:     kind.title,
 		Status:    kind.status,
 		Detail:    detail,
-		RequestID: requestIDFrom(r.Context()),
+		RequestID: requestID,
 	}
 }
 

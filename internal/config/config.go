@@ -35,7 +35,16 @@ type Config struct {
 	DBConnMaxIdleTime  time.Duration
 	MigrateOnStart     bool
 
-	RedisURL string
+	RedisURL     string
+	RedisTimeout time.Duration
+
+	IdempotencyLease       time.Duration
+	IdempotencyResponseTTL time.Duration
+
+	ReconcileInterval time.Duration
+	ReconcileAfter    time.Duration
+	ReconcileGrace    time.Duration
+	ReconcileBatch    int
 
 	ProviderURL       string
 	ProviderTimeout   time.Duration
@@ -116,6 +125,15 @@ func bind(c *Config) []variable {
 		{name: "MIGRATE_ON_START", def: "true", usage: "apply migrations at start-up under an advisory lock; false waits for `server migrate` to have run", val: boolean(&c.MigrateOnStart)},
 
 		{name: "REDIS_URL", def: "redis://localhost:6379/0", usage: "Redis URL (idempotency fast path and in-flight locks)", val: redisURL(&c.RedisURL)},
+		{name: "REDIS_TIMEOUT", def: "250ms", usage: "bound on one Redis operation; past it the request falls back to Postgres", val: positiveDuration(&c.RedisTimeout)},
+
+		{name: "IDEMPOTENCY_LEASE", def: "30s", usage: "how long a request holds its key before a retry may take over (how long a crashed request blocks it)", val: positiveDuration(&c.IdempotencyLease)},
+		{name: "IDEMPOTENCY_RESPONSE_TTL", def: "24h", usage: "how long Redis caches completed responses (Postgres keeps them for good)", val: positiveDuration(&c.IdempotencyResponseTTL)},
+
+		{name: "RECONCILE_INTERVAL", def: "30s", usage: "how often the active reconciler scans for payments left processing", val: positiveDuration(&c.ReconcileInterval)},
+		{name: "RECONCILE_AFTER", def: "1m", usage: "age of a processing payment's last charge attempt before the reconciler looks it up", val: positiveDuration(&c.ReconcileAfter)},
+		{name: "RECONCILE_GRACE", def: "5m", usage: "age after which a payment the provider has no charge for is failed", val: positiveDuration(&c.ReconcileGrace)},
+		{name: "RECONCILE_BATCH", def: "100", usage: "payments reconciled per scan", val: intRange(&c.ReconcileBatch, 1, 10000)},
 
 		{name: "PROVIDER_URL", def: "http://localhost:8081", usage: "base URL of the payment provider", val: httpURL(&c.ProviderURL)},
 		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt", val: positiveDuration(&c.ProviderTimeout)},
@@ -215,6 +233,9 @@ func (c Config) check() []error {
 	}
 	if c.WriteTimeout != 0 && c.RequestTimeout >= c.WriteTimeout {
 		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT=%s must be shorter than HTTP_WRITE_TIMEOUT=%s, or clients get a dropped connection instead of an answer", c.RequestTimeout, c.WriteTimeout))
+	}
+	if c.ReconcileGrace < c.ReconcileAfter {
+		errs = append(errs, fmt.Errorf("RECONCILE_GRACE=%s must not be shorter than RECONCILE_AFTER=%s", c.ReconcileGrace, c.ReconcileAfter))
 	}
 	if c.RetryMaxDelay < c.RetryBaseDelay {
 		errs = append(errs, fmt.Errorf("RETRY_MAX_DELAY=%s must not be shorter than RETRY_BASE_DELAY=%s", c.RetryMaxDelay, c.RetryBaseDelay))

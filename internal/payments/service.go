@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/resiliencekit/payservice/internal/db"
 	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/resilience"
 )
 
 // Errors callers branch on. The API maps each to one HTTP status.
@@ -29,46 +31,78 @@ type Provider interface {
 	FindCharge(ctx context.Context, idempotencyKey string) (provider.Charge, bool, error)
 }
 
+// Response is the answer to a payment request, as the API renders it. The
+// final one (for a charged or failed payment) is stored with the payment
+// and replayed to every retry of its idempotency key, byte for byte.
+type Response struct {
+	Status int
+	Body   []byte
+}
+
+// Renderer renders a payment's response. It is the API's, injected so
+// that the service can store the exact bytes in the same transaction that
+// settles the payment, and the reconciler can settle payments no request
+// is waiting for. requestID identifies the request (or reconciler run)
+// that settled the payment.
+type Renderer func(p Payment, requestID string) (Response, error)
+
+// Config wires a Service.
+type Config struct {
+	Repo     *db.Payments
+	Provider Provider
+	Render   Renderer
+	// Lease is how long a request may drive a payment before another may
+	// take it over: the time a crashed request holds its key.
+	Lease   time.Duration
+	Metrics *resilience.IdempotencyMetrics
+	Log     *slog.Logger
+}
+
 // Service creates, reads and lists payments.
 type Service struct {
-	repo     *db.Payments
-	provider Provider
-	log      *slog.Logger
-	newID    func() string
+	Config
+	newID func() string
 }
 
-// NewService returns a service storing payments in repo and charging
-// through p.
-func NewService(repo *db.Payments, p Provider, log *slog.Logger) *Service {
-	return &Service{repo: repo, provider: p, log: log, newID: newPaymentID}
+// NewService returns a service.
+func NewService(cfg Config) *Service {
+	return &Service{Config: cfg, newID: newPaymentID}
 }
 
-// CreateInput is a validated-by-Create request to create a payment.
+// CreateInput is a request to create a payment. Create validates it.
 type CreateInput struct {
 	ClientID       string
 	IdempotencyKey string
 	// Fingerprint identifies the request (method, route, client, canonical
 	// body): the same key with another fingerprint is a client bug.
 	Fingerprint string
+	RequestID   string
 	Request     CreateRequest
 }
 
 // Result is the outcome of Create.
 type Result struct {
-	Payment Payment
-	// Replayed is true when an earlier request with the same key created
-	// the payment and this one only returns it.
+	Payment  Payment
+	Response Response
+	// Replayed is true when the response is the one stored for the key by
+	// an earlier request.
 	Replayed bool
 }
 
 // Create validates the request, records the payment and charges it once.
-// The returned payment is succeeded (charged), failed (declined) or, when
-// the provider's answer is unknown, processing.
+//
+// The key is claimed in Postgres first (db.Payments.Claim): a new key
+// inserts the payment under a lease; a processing payment whose lease
+// expired is taken over and driven again with the same provider key; a
+// final payment is replayed; anything else is refused as in flight (409) or
+// as a reused key (422). The response of a charged or declined payment is
+// stored in the transaction that settles it, and is what every retry gets.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 	if err := in.Request.Validate(); err != nil {
 		return Result{}, err
 	}
-	row, created, err := s.repo.Create(ctx, db.Payment{
+	token := newToken()
+	claim, err := s.Repo.Claim(ctx, db.Payment{
 		ID:             s.newID(),
 		ClientID:       in.ClientID,
 		IdempotencyKey: in.IdempotencyKey,
@@ -77,30 +111,71 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 		Currency:       in.Request.Currency,
 		Description:    in.Request.Description,
 		Metadata:       in.Request.Metadata,
-	})
+	}, token, s.Lease)
 	if err != nil {
 		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	if !created {
-		switch {
-		case row.Fingerprint != in.Fingerprint:
-			return Result{}, ErrKeyReused
-		case row.Status == db.StatusProcessing:
-			return Result{}, ErrInFlight
-		}
-		return Result{Payment: fromRow(row), Replayed: true}, nil
+	if !claim.Owned {
+		return s.answerExisting(claim.Payment, in)
 	}
+	s.Metrics.Observe(resilience.OutcomeNew)
+
+	// From here on the work must not stop halfway because the client hung
+	// up: it runs to its end or to the request's deadline.
 	work, cancel := detach(ctx)
 	defer cancel()
-	p, err := s.charge(work, row)
-	return Result{Payment: p}, err
+	return s.drive(work, claim, token, in.RequestID)
 }
 
-// charge calls the provider for a processing payment and records the answer.
-func (s *Service) charge(ctx context.Context, row db.Payment) (Payment, error) {
-	log := s.log.With("payment_id", row.ID)
-	ch, err := s.provider.Charge(ctx, provider.ChargeRequest{
-		IdempotencyKey: row.ID, // the same on every retry, by anyone
+// answerExisting answers a request for a key another request holds or has
+// completed.
+func (s *Service) answerExisting(row db.Payment, in CreateInput) (Result, error) {
+	switch {
+	case row.Status == db.StatusProcessing && row.LeaseActive:
+		s.Metrics.Observe(resilience.OutcomeInFlight)
+		return Result{}, ErrInFlight
+	case row.Fingerprint != in.Fingerprint:
+		s.Metrics.Observe(resilience.OutcomeMismatch)
+		return Result{}, ErrKeyReused
+	case row.Status == db.StatusProcessing:
+		// Its lease expired and another request took it over between our
+		// statements: that one is driving it now.
+		s.Metrics.Observe(resilience.OutcomeInFlight)
+		return Result{}, ErrInFlight
+	}
+	s.Metrics.Observe(resilience.OutcomeReplay)
+	p := fromRow(row)
+	resp := Response{Status: row.ResponseStatus, Body: row.ResponseBody}
+	if len(resp.Body) == 0 { // settled before responses were stored
+		var err error
+		if resp, err = s.Render(p, in.RequestID); err != nil {
+			return Result{}, err
+		}
+	}
+	return Result{Payment: p, Response: resp, Replayed: true}, nil
+}
+
+// drive charges a payment whose lease the caller holds, and settles it.
+func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID string) (Result, error) {
+	row := claim.Payment
+	log := s.Log.With("payment_id", row.ID)
+
+	// Fence before the side effect. If our lease (in Redis or Postgres)
+	// was taken over while we got here, another request is driving this
+	// payment: calling the provider too would be harmless (same key) but
+	// pointless. Renewing also covers the call that follows.
+	if err := resilience.ClaimFrom(ctx).Extend(ctx); errors.Is(err, resilience.ErrLeaseLost) {
+		return Result{}, ErrInFlight
+	}
+	if err := s.Repo.StartCharge(ctx, row.ID, token, s.Lease); err != nil {
+		if errors.Is(err, db.ErrLeaseLost) {
+			return Result{}, ErrInFlight
+		}
+		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+
+	ch, err := s.Provider.Charge(ctx, provider.ChargeRequest{
+		IdempotencyKey: row.ID, // the same on every attempt, by anyone
 		Amount:         row.Amount,
 		Currency:       row.Currency,
 		Reference:      row.ID,
@@ -108,38 +183,79 @@ func (s *Service) charge(ctx context.Context, row db.Payment) (Payment, error) {
 	var settle db.Settlement
 	switch {
 	case errors.Is(err, provider.ErrNotSent):
-		// Nothing reached the provider, so nothing was charged: forget
-		// the payment so that the client's retry starts afresh.
-		if aerr := s.repo.Abandon(ctx, row.ID); aerr != nil {
-			log.Error("abandon unsent payment", "err", aerr)
-		}
-		return Payment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return Result{}, s.notSent(ctx, claim, token, err)
 	case err != nil:
-		// It may have charged. The payment stays processing; the
-		// provider's idempotency key makes settling it later safe.
+		// It may have charged. The payment stays processing, and the
+		// lease is released so that a retry or the reconciler can settle
+		// it at once: same provider key, so it can only find this charge.
 		log.Warn("provider outcome unknown; payment stays processing", "err", err)
-		return fromRow(row), nil
+		return s.processing(ctx, row, token, requestID)
 	case ch.Status == provider.ChargeSucceeded:
 		settle = db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: ch.ID}
 	case ch.Status == provider.ChargeDeclined:
 		settle = db.Settlement{Status: db.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
 	default:
 		log.Error("provider answered an unknown charge status; payment stays processing", "status", ch.Status)
-		return fromRow(row), nil
+		return s.processing(ctx, row, token, requestID)
 	}
-	settled, err := s.repo.Settle(ctx, row.ID, settle)
+	settled, now, err := s.Repo.Settle(ctx, row.ID, settle, s.respond(requestID))
 	if err != nil {
-		// The provider has answered but we could not record it. The
-		// payment stays processing and is settled by the next retry.
+		// The provider has answered but we could not record it: the
+		// payment stays processing until a retry or the reconciler.
 		log.Error("record provider answer", "err", err)
-		return fromRow(row), nil
+		return s.processing(ctx, row, token, requestID)
 	}
-	return fromRow(settled), nil
+	// Settled by us, or just before by a request that took over our
+	// lease: either way the stored response is the answer.
+	return Result{
+		Payment:  fromRow(settled),
+		Response: Response{Status: settled.ResponseStatus, Body: settled.ResponseBody},
+		Replayed: !now,
+	}, nil
+}
+
+// notSent handles a charge that never reached the provider (a protection
+// refused it, or the provider was unreachable).
+func (s *Service) notSent(ctx context.Context, claim db.Claim, token string, cause error) error {
+	if claim.Created {
+		// Never sent, and created by this very request: nothing can have
+		// been charged under this payment id. Forget it, so the client's
+		// retry starts afresh.
+		if err := s.Repo.Abandon(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+			s.Log.Error("abandon unsent payment", "payment_id", claim.Payment.ID, "err", err)
+		}
+	} else if err := s.Repo.ReleaseLease(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		// Resumed: an earlier attempt may have charged. Keep it.
+		s.Log.Error("release lease", "payment_id", claim.Payment.ID, "err", err)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, cause)
+}
+
+// processing answers with the payment still processing (202), and
+// releases its lease.
+func (s *Service) processing(ctx context.Context, row db.Payment, token, requestID string) (Result, error) {
+	if err := s.Repo.ReleaseLease(ctx, row.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		s.Log.Error("release lease", "payment_id", row.ID, "err", err)
+	}
+	p := fromRow(row)
+	resp, err := s.Render(p, requestID)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Payment: p, Response: resp}, nil
+}
+
+// respond renders the response stored with a settled payment.
+func (s *Service) respond(requestID string) db.Respond {
+	return func(settled db.Payment) (int, []byte, error) {
+		r, err := s.Render(fromRow(settled), requestID)
+		return r.Status, r.Body, err
+	}
 }
 
 // Get returns the client's payment.
 func (s *Service) Get(ctx context.Context, clientID, id string) (Payment, error) {
-	row, err := s.repo.Get(ctx, clientID, id)
+	row, err := s.Repo.Get(ctx, clientID, id)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
 		return Payment{}, ErrNotFound
@@ -157,7 +273,7 @@ type Page struct {
 
 // List returns the client's payments, newest first, after startingAfter.
 func (s *Service) List(ctx context.Context, clientID string, limit int, startingAfter string) (Page, error) {
-	rows, hasMore, err := s.repo.List(ctx, clientID, limit, startingAfter)
+	rows, hasMore, err := s.Repo.List(ctx, clientID, limit, startingAfter)
 	switch {
 	case errors.Is(err, db.ErrCursorNotFound):
 		return Page{}, ErrBadCursor
@@ -199,8 +315,11 @@ func fromRow(r db.Payment) Payment {
 }
 
 // newPaymentID returns "pay_" and 128 random bits in hex.
-func newPaymentID() string {
+func newPaymentID() string { return "pay_" + newToken() }
+
+// newToken returns 128 random bits in hex: lease tokens and ids.
+func newToken() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return "pay_" + hex.EncodeToString(b)
+	return hex.EncodeToString(b)
 }

@@ -10,10 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resiliencekit/payservice/internal/api"
 	"github.com/resiliencekit/payservice/internal/db"
 	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/resilience"
 	"github.com/resiliencekit/payservice/internal/testenv"
 )
 
@@ -23,6 +27,7 @@ type fixture struct {
 	svc  *payments.Service
 	fake *fakeprovider.Provider
 	repo *db.Payments
+	reg  *prometheus.Registry
 }
 
 // newFixture wires the service to a fresh database and an in-process fake
@@ -43,8 +48,20 @@ func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) 
 		t.Fatal(err)
 	}
 	repo := db.NewPayments(pool, nil)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	return fixture{svc: payments.NewService(repo, client, log), fake: fake, repo: repo}
+	reg := prometheus.NewRegistry()
+	metrics, err := resilience.NewIdempotencyMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := payments.NewService(payments.Config{
+		Repo:     repo,
+		Provider: client,
+		Render:   api.RenderPayment,
+		Lease:    time.Minute,
+		Metrics:  metrics,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	return fixture{svc: svc, fake: fake, repo: repo, reg: reg}
 }
 
 func input(key string, amount int64) payments.CreateInput {
@@ -73,6 +90,9 @@ func TestCreate_ChargesOnceAndReplays(t *testing.T) {
 	}
 	if !again.Replayed || again.Payment.ID != p.ID || again.Payment.ProviderChargeID != p.ProviderChargeID {
 		t.Fatalf("replay = %+v, want payment %s replayed", again, p.ID)
+	}
+	if first.Response.Status != 201 || string(again.Response.Body) != string(first.Response.Body) {
+		t.Errorf("replay answered %d %s; want the first answer's bytes, 201 %s", again.Response.Status, again.Response.Body, first.Response.Body)
 	}
 	if n := len(f.fake.Charges()); n != 1 {
 		t.Errorf("provider has %d charges, want 1", n)
@@ -133,12 +153,27 @@ func TestCreate_UnknownOutcomeLeavesProcessing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Payment.Status != payments.StatusProcessing {
-		t.Fatalf("status %s, want processing: a 500 after charging is not a failure", res.Payment.Status)
+	if res.Payment.Status != payments.StatusProcessing || res.Response.Status != 202 {
+		t.Fatalf("status %s (%d), want processing (202): a 500 after charging is not a failure", res.Payment.Status, res.Response.Status)
 	}
 	stored, err := f.svc.Get(context.Background(), "client_a", res.Payment.ID)
 	if err != nil || stored.Status != payments.StatusProcessing {
 		t.Fatalf("stored payment = %+v, %v", stored, err)
+	}
+
+	// A retry with the same key drives the provider again, with the same
+	// provider key, and answers with the settled result: one charge.
+	f.fake.ResetFaults()
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	charges := f.fake.Charges()
+	if retry.Payment.Status != payments.StatusSucceeded || retry.Response.Status != 201 || retry.Replayed {
+		t.Fatalf("retry = %d %+v, want 201 succeeded, not a replay", retry.Response.Status, retry.Payment)
+	}
+	if len(charges) != 1 || retry.Payment.ProviderChargeID != charges[0].ID || charges[0].IdempotencyKey != res.Payment.ID {
+		t.Fatalf("charges %+v, payment %+v: want one charge, keyed by the payment id", charges, retry.Payment)
 	}
 }
 

@@ -1,0 +1,201 @@
+package payments
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resiliencekit/payservice/internal/db"
+	"github.com/resiliencekit/payservice/internal/provider"
+)
+
+// reconcilerLockID is the advisory lock key that elects the reconciler's
+// leader (the FNV-1a 32-bit hash of "payservice-reconciler").
+const reconcilerLockID int64 = 0x6d061279
+
+// ReconcilerConfig tunes a Reconciler.
+type ReconcilerConfig struct {
+	// Every is how often the leader scans for stale payments.
+	Every time.Duration
+	// After is how long after its last charge attempt a processing
+	// payment counts as stale: longer than any request's deadline, so the
+	// reconciler does not race the request still settling it.
+	After time.Duration
+	// Grace is how long after its last charge attempt a payment the
+	// provider has no charge for is declared failed. A charge request can
+	// linger in networks and queues; only after this long does "no such
+	// charge" mean "never charged".
+	Grace time.Duration
+	// Batch bounds the payments settled per scan.
+	Batch int
+}
+
+// Reconciler settles payments left processing: the provider's answer was
+// lost (timeout, 5xx, a crash) and no retry came. It asks the provider for
+// the charge made with the payment's idempotency key, and settles the
+// payment as succeeded or declined accordingly — or as failed when the
+// provider confirms, after the grace period, that no charge exists.
+//
+// Every replica runs one; a Postgres advisory lock makes only one of them
+// active at a time, and another takes over when it dies.
+type Reconciler struct {
+	svc    *Service
+	cfg    ReconcilerConfig
+	leader *db.Leader
+	log    *slog.Logger
+
+	isLeader prometheus.Gauge
+	results  *prometheus.CounterVec
+}
+
+// Reconciliation results, by what happened to a stale payment.
+const (
+	resultSucceeded = "succeeded" // the provider had charged it
+	resultFailed    = "failed"    // declined, or no charge after the grace period
+	resultPending   = "pending"   // no charge yet, within the grace period
+	resultSkipped   = "skipped"   // taken by a retry meanwhile
+	resultError     = "error"     // the provider or database failed; next scan
+)
+
+// NewReconciler returns a reconciler for svc's payments.
+func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer) (*Reconciler, error) {
+	if cfg.Every <= 0 || cfg.After <= 0 || cfg.Grace < cfg.After || cfg.Batch < 1 {
+		return nil, fmt.Errorf("reconciler: invalid config %+v", cfg)
+	}
+	r := &Reconciler{
+		svc: svc, cfg: cfg, leader: svc.Repo.Leader(reconcilerLockID), log: svc.Log.With("component", "reconciler"),
+		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "payservice_reconciler_leader",
+			Help: "1 while this replica is the active reconciler.",
+		}),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "payservice_reconciler_payments_total",
+			Help: "Stale processing payments examined by the reconciler, by result.",
+		}, []string{"result"}),
+	}
+	for _, res := range []string{resultSucceeded, resultFailed, resultPending, resultSkipped, resultError} {
+		r.results.WithLabelValues(res)
+	}
+	for _, c := range []prometheus.Collector{r.isLeader, r.results} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("reconciler metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// Run scans every cfg.Every until ctx ends, then resigns the leadership.
+func (r *Reconciler) Run(ctx context.Context) {
+	defer func() {
+		if err := r.leader.Resign(context.WithoutCancel(ctx)); err != nil {
+			r.log.Warn("resign reconciler leadership", "err", err)
+		}
+		r.isLeader.Set(0)
+	}()
+	ticker := time.NewTicker(r.cfg.Every)
+	defer ticker.Stop()
+	for {
+		if _, err := r.RunOnce(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("reconciliation scan failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+	}
+}
+
+// RunOnce makes one scan if this replica leads, and returns how many
+// payments it settled.
+func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
+	leading, err := r.leader.Lead(ctx)
+	if leading {
+		r.isLeader.Set(1)
+	} else {
+		r.isLeader.Set(0)
+	}
+	if err != nil || !leading {
+		return 0, err
+	}
+	stale, err := r.svc.Repo.Stale(ctx, r.cfg.After, r.cfg.Batch)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range stale {
+		result := r.reconcile(ctx, p)
+		r.results.WithLabelValues(result).Inc()
+		if result == resultSucceeded || result == resultFailed {
+			settled++
+		}
+	}
+	return settled, nil
+}
+
+// reconcile settles one stale payment, if the provider knows its outcome.
+func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
+	log := r.log.With("payment_id", p.ID)
+	token := newToken()
+	// The lease keeps a client's retry from driving the payment while we
+	// decide its fate, and us from deciding while a retry drives it.
+	if err := r.svc.Repo.TakeLease(ctx, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
+		return resultSkipped
+	} else if err != nil {
+		log.Warn("take lease", "err", err)
+		return resultError
+	}
+	release := func() {
+		if err := r.svc.Repo.ReleaseLease(ctx, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+			log.Warn("release lease", "err", err)
+		}
+	}
+
+	ch, found, err := r.svc.Provider.FindCharge(ctx, p.ID)
+	if err != nil {
+		release()
+		log.Warn("look up charge", "err", err)
+		return resultError
+	}
+	var s db.Settlement
+	switch {
+	case found && ch.Status == provider.ChargeSucceeded:
+		s = db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: ch.ID}
+	case found && ch.Status == provider.ChargeDeclined:
+		s = db.Settlement{Status: db.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
+	case found:
+		release()
+		log.Error("provider reports an unknown charge status", "status", ch.Status)
+		return resultError
+	default:
+		age, err := r.svc.Repo.ChargeAttemptAge(ctx, p.ID)
+		if err != nil {
+			release()
+			log.Warn("read charge attempt age", "err", err)
+			return resultError
+		}
+		if age < r.cfg.Grace {
+			release()
+			return resultPending
+		}
+		s = db.Settlement{Status: db.StatusFailed, FailureCode: FailureNoCharge}
+	}
+	settled, _, err := r.svc.Repo.Settle(ctx, p.ID, s, r.svc.respond("reconciler"))
+	if err != nil {
+		release()
+		log.Warn("settle", "err", err)
+		return resultError
+	}
+	log.Info("reconciled payment", "status", settled.Status, "provider_charge_id", settled.ProviderChargeID)
+	if settled.Status == db.StatusSucceeded {
+		return resultSucceeded
+	}
+	return resultFailed
+}
+
+// FailureNoCharge is the failure code of a payment the provider never
+// charged: its charge request was lost before reaching it.
+const FailureNoCharge = "no_charge"

@@ -1,0 +1,148 @@
+package payments_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments"
+)
+
+func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Reconciler {
+	t.Helper()
+	r, err := payments.NewReconciler(f.svc, payments.ReconcilerConfig{
+		Every: time.Hour, After: time.Millisecond, Grace: grace, Batch: 10,
+	}, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// leftProcessing creates a payment whose outcome the provider left unknown.
+func leftProcessing(t *testing.T, f fixture, key string, amount int64, faults fakeprovider.Faults) payments.Payment {
+	t.Helper()
+	if err := f.fake.SetFaults(faults); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.svc.Create(context.Background(), input(key, amount))
+	if err != nil || res.Payment.Status != payments.StatusProcessing {
+		t.Fatalf("Create = %+v, %v; want processing", res.Payment, err)
+	}
+	f.fake.ResetFaults()
+	time.Sleep(5 * time.Millisecond) // older than After
+	return res.Payment
+}
+
+func TestReconciler_SettlesAChargeWhoseAnswerWasLost(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	r := newReconciler(t, f, time.Hour)
+
+	settled, err := r.RunOnce(context.Background())
+	if err != nil || settled != 1 {
+		t.Fatalf("RunOnce = %d, %v; want 1 settled", settled, err)
+	}
+	got, err := f.svc.Get(context.Background(), "client_a", p.ID)
+	charges := f.fake.Charges()
+	if err != nil || got.Status != payments.StatusSucceeded || len(charges) != 1 || got.ProviderChargeID != charges[0].ID {
+		t.Fatalf("payment %+v (%v), charges %+v: want succeeded with the one charge", got, err, charges)
+	}
+
+	// The client's retry now replays what the reconciler stored: 201.
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || !retry.Replayed || retry.Response.Status != 201 {
+		t.Fatalf("retry = %d replayed=%v, %v; want a 201 replay", retry.Response.Status, retry.Replayed, err)
+	}
+	if len(f.fake.Charges()) != 1 {
+		t.Error("the retry charged again")
+	}
+}
+
+func TestReconciler_SettlesADeclineWhoseAnswerWasLost(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	p := leftProcessing(t, f, "k", 1402, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	if _, err := newReconciler(t, f, time.Hour).RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := f.svc.Get(context.Background(), "client_a", p.ID)
+	if got.Status != payments.StatusFailed || got.FailureCode != "card_declined" {
+		t.Fatalf("payment %+v, want failed, card_declined", got)
+	}
+}
+
+func TestReconciler_FailsAPaymentWithoutChargeOnlyAfterTheGracePeriod(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	// The provider answered 503 without charging: unknown to us.
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ErrorRate: 1})
+
+	within := newReconciler(t, f, time.Hour)
+	if settled, err := within.RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("within the grace period: RunOnce = %d, %v; want nothing settled", settled, err)
+	}
+	if got, _ := f.svc.Get(context.Background(), "client_a", p.ID); got.Status != payments.StatusProcessing {
+		t.Fatalf("within the grace period the payment became %s", got.Status)
+	}
+	// Only one replica reconciles at a time: this one must resign first.
+	within.Run(cancelled())
+
+	after := newReconciler(t, f, 5*time.Millisecond)
+	if settled, err := after.RunOnce(context.Background()); err != nil || settled != 1 {
+		t.Fatalf("after the grace period: RunOnce = %d, %v; want 1 settled", settled, err)
+	}
+	got, _ := f.svc.Get(context.Background(), "client_a", p.ID)
+	if got.Status != payments.StatusFailed || got.FailureCode != payments.FailureNoCharge {
+		t.Fatalf("payment %+v, want failed with %s", got, payments.FailureNoCharge)
+	}
+	if n := len(f.fake.Charges()); n != 0 {
+		t.Errorf("%d charges: the reconciler must only look, never charge", n)
+	}
+
+	// The key's answer is final now: a 402 saying nothing was paid.
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || !retry.Replayed || retry.Response.Status != 402 {
+		t.Fatalf("retry = %d replayed=%v, %v; want the stored 402", retry.Response.Status, retry.Replayed, err)
+	}
+	var body struct{ Type string }
+	if json.Unmarshal(retry.Response.Body, &body); body.Type == "" {
+		t.Errorf("402 body %s", retry.Response.Body)
+	}
+}
+
+func TestReconciler_OnlyOneReplicaIsActive(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	leftProcessing(t, f, "k1", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	a, b := newReconciler(t, f, time.Hour), newReconciler(t, f, time.Hour)
+	if _, err := a.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	leftProcessing(t, f, "k2", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	if settled, err := b.RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("the second replica reconciled %d payments (%v) while the first leads", settled, err)
+	}
+	a.Run(cancelled()) // a stops: it resigns
+	if settled, err := b.RunOnce(context.Background()); err != nil || settled != 1 {
+		t.Fatalf("after the leader stopped: RunOnce = %d, %v; want 1", settled, err)
+	}
+}
+
+func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	if err := f.repo.TakeLease(context.Background(), p.ID, "a retry", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if settled, err := newReconciler(t, f, time.Hour).RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("RunOnce = %d, %v; a held payment must be left to its holder", settled, err)
+	}
+}
+
+func cancelled() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
