@@ -46,6 +46,21 @@ func (s *logSink) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// text returns everything written so far that was not a JSON line, and
+// the JSON lines re-encoded, for a failing test's log.
+func (s *logSink) text() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, l := range s.lines {
+		line, _ := json.Marshal(l)
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	b.Write(s.buf.Bytes())
+	return b.String()
+}
+
 // find returns the first line for which match is true.
 func (s *logSink) find(match func(map[string]any) bool) (map[string]any, bool) {
 	s.mu.Lock()

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+)
+
+// fire sends a payment request whose answer, if any, the test ignores:
+// the server is about to be killed under it.
+func fire(url, key string) {
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/payments", strings.NewReader(body1000))
+	req.Header.Set("Authorization", "Bearer key_a")
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+}
+
+// paymentStatus reads a payment's status for a key straight from Postgres.
+func paymentStatus(t *testing.T, dbURL, key string) (id, status string) {
+	t.Helper()
+	pool, err := sql.Open("postgres", dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	err = pool.QueryRowContext(context.Background(),
+		`SELECT id, status FROM payments WHERE client_id = 'client_a' AND idempotency_key = $1`, key).Scan(&id, &status)
+	if err == sql.ErrNoRows {
+		return "", ""
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, status
+}
+
+// retryUntilSettled retries a payment until it is no longer refused as in
+// flight (the crashed request's lease must expire first).
+func retryUntilSettled(t *testing.T, srv *server, key string) response {
+	t.Helper()
+	var r response
+	waitFor(t, "the lease to expire and the retry to settle", func() bool {
+		r = pay(t, srv, "key_a", key, body1000)
+		return r.status != 409
+	})
+	return r
+}
+
+// crashEnv is the stack's environment for crash tests: a short lease, so
+// a retry can take over soon after the crash, and no reconciler, so that
+// it is the retry that settles.
+func crashEnv(st *stack) map[string]string {
+	env := map[string]string{}
+	for k, v := range st.env {
+		env[k] = v
+	}
+	env["IDEMPOTENCY_LEASE"] = "1s"
+	env["RECONCILE_INTERVAL"] = "1h"
+	env["RECONCILE_AFTER"] = "1h"
+	env["RECONCILE_GRACE"] = "1h"
+	return env
+}
+
+func TestCrash_KilledAfterTheChargeBeforeRecordingIt(t *testing.T) {
+	bin := buildServer(t)
+	st := newStack(t, nil)
+	env := crashEnv(st)
+	p1 := startProcess(t, bin, env)
+	waitReady(t, p1.api)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 2000}) // the fake charges, then waits
+
+	go fire(p1.api, "k") // dies with the server
+	waitFor(t, "the provider to charge", func() bool { return len(st.fake.Charges()) == 1 })
+	p1.kill(t)
+	if _, status := paymentStatus(t, env["DATABASE_URL"], "k"); status != "processing" {
+		t.Fatalf("after the crash the payment is %q, want processing (the charge was never recorded)", status)
+	}
+
+	st.fake.ResetFaults()
+	p2 := startProcess(t, bin, env)
+	waitReady(t, p2.api)
+	r := retryUntilSettled(t, &server{api: p2.api}, "k")
+	charges := st.fake.Charges()
+	if p := decodePayment(t, r); r.status != 201 || len(charges) != 1 || p.ProviderChargeID != charges[0].ID {
+		t.Fatalf("retry after the crash: %d %s; charges %+v; want 201 with the one charge", r.status, r.body, charges)
+	}
+}
+
+func TestCrash_KilledAfterRecordingThePaymentBeforeTheCharge(t *testing.T) {
+	bin := buildServer(t)
+	st := newStack(t, nil)
+	env := crashEnv(st)
+	// One provider worker, busy with a slow charge: the next payment is
+	// written to Postgres, then waits in the bulkhead's queue.
+	env["BULKHEAD_WORKERS"], env["BULKHEAD_QUEUE"] = "1", "1"
+	p1 := startProcess(t, bin, env)
+	waitReady(t, p1.api)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 3000})
+
+	go fire(p1.api, "busy")
+	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
+	go fire(p1.api, "queued")
+	var id string
+	waitFor(t, "the queued payment's row", func() bool {
+		id, _ = paymentStatus(t, env["DATABASE_URL"], "queued")
+		return id != ""
+	})
+	time.Sleep(100 * time.Millisecond) // well inside the queue wait
+	p1.kill(t)
+	if n := len(st.fake.ChargesByKey(id)); n != 0 {
+		t.Fatalf("the queued payment reached the provider before the crash (%d charges): the test did not set up its case", n)
+	}
+
+	st.fake.ResetFaults()
+	p2 := startProcess(t, bin, env)
+	waitReady(t, p2.api)
+	r := retryUntilSettled(t, &server{api: p2.api}, "queued")
+	if p := decodePayment(t, r); r.status != 201 || p.ID != id {
+		t.Fatalf("retry after the crash: %d %s; want 201 for payment %s", r.status, r.body, id)
+	}
+	if n := len(st.fake.ChargesByKey(id)); n != 1 {
+		t.Errorf("%d charges for the resumed payment, want 1", n)
+	}
+	if r := retryUntilSettled(t, &server{api: p2.api}, "busy"); r.status != 201 || len(st.fake.Charges()) != 2 {
+		t.Errorf("the other payment: %d; %d charges in all, want 2", r.status, len(st.fake.Charges()))
+	}
+}

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/testenv"
+)
+
+// stack is one or more servers sharing a database, a Redis and a fake
+// provider.
+type stack struct {
+	fake     *fakeprovider.Provider
+	env      map[string]string
+	redisURL string
+}
+
+func newStack(t *testing.T, overrides map[string]string) *stack {
+	t.Helper()
+	fake, providerURL := testenv.NewFakeProvider(t)
+	s := &stack{fake: fake, redisURL: testenv.RedisURL(t)}
+	s.env = map[string]string{
+		"DATABASE_URL":         testenv.NewDatabase(t),
+		"REDIS_URL":            s.redisURL,
+		"PROVIDER_URL":         providerURL,
+		"API_KEYS":             "client_a:key_a,client_b:key_b",
+		"SHUTDOWN_DRAIN_DELAY": "0s",
+		"RATE_LIMIT_BURST":     "10000", // the tests send bursts; limits are tested elsewhere
+	}
+	for k, v := range overrides {
+		s.env[k] = v
+	}
+	return s
+}
+
+// start runs one more server of the stack and waits until it is ready.
+func (s *stack) start(t *testing.T) *server {
+	t.Helper()
+	srv := startRun(t, s.env)
+	waitReady(t, srv.api)
+	return srv
+}
+
+func (s *stack) faults(t *testing.T, f fakeprovider.Faults) {
+	t.Helper()
+	if err := s.fake.SetFaults(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pay(t *testing.T, srv *server, apiKey, idemKey, body string) response {
+	t.Helper()
+	return call(t, http.MethodPost, srv.api+"/v1/payments", apiKey, idemKey, body)
+}
+
+type paymentBody struct {
+	ID               string `json:"id"`
+	Status           string `json:"status"`
+	ProviderChargeID string `json:"provider_charge_id"`
+}
+
+// decodePayment reads the payment of a 201/202 body, or of a 402 problem.
+func decodePayment(t *testing.T, r response) paymentBody {
+	t.Helper()
+	var problem struct {
+		Payment *paymentBody `json:"payment"`
+	}
+	if err := json.Unmarshal(r.body, &problem); err == nil && problem.Payment != nil {
+		return *problem.Payment
+	}
+	var p paymentBody
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatalf("payment body %s: %v", r.body, err)
+	}
+	return p
+}
+
+const body1000 = `{"amount":1000,"currency":"usd"}`
+
+func TestIdempotency_Contract(t *testing.T) {
+	st := newStack(t, nil)
+	srv := st.start(t)
+
+	t.Run("a completed request is replayed byte for byte", func(t *testing.T) {
+		first := pay(t, srv, "key_a", "c-1", body1000)
+		again := pay(t, srv, "key_a", "c-1", `{ "currency": "usd", "amount": 1000 }`)
+		if first.status != 201 || again.status != 201 || string(first.body) != string(again.body) {
+			t.Fatalf("first %d %s\nagain %d %s", first.status, first.body, again.status, again.body)
+		}
+		if again.header.Get("Idempotent-Replayed") != "true" || first.header.Get("Idempotent-Replayed") != "" {
+			t.Errorf("Idempotent-Replayed: first %q, replay %q", first.header.Get("Idempotent-Replayed"), again.header.Get("Idempotent-Replayed"))
+		}
+		if first.header.Get("X-Request-Id") == again.header.Get("X-Request-Id") {
+			t.Error("the replay reuses the first exchange's X-Request-Id header")
+		}
+	})
+
+	t.Run("a decline is replayed as the identical 402", func(t *testing.T) {
+		first := pay(t, srv, "key_a", "c-2", `{"amount":1402,"currency":"usd"}`)
+		again := pay(t, srv, "key_a", "c-2", `{"amount":1402,"currency":"usd"}`)
+		if first.status != 402 || again.status != 402 || string(first.body) != string(again.body) || again.header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("first %d %s\nagain %d %s", first.status, first.body, again.status, again.body)
+		}
+		if p := decodePayment(t, first); p.Status != "failed" {
+			t.Errorf("402 payment status %q, want failed", p.Status)
+		}
+	})
+
+	t.Run("the key reused for another request is 422", func(t *testing.T) {
+		pay(t, srv, "key_a", "c-3", body1000)
+		r := pay(t, srv, "key_a", "c-3", `{"amount":999,"currency":"usd"}`)
+		var prob struct{ Type string }
+		json.Unmarshal(r.body, &prob)
+		if r.status != 422 || !strings.HasSuffix(prob.Type, "/idempotency-key-reused") {
+			t.Fatalf("%d %s, want 422 idempotency-key-reused", r.status, r.body)
+		}
+	})
+
+	t.Run("clients have their own keys and payments", func(t *testing.T) {
+		a := decodePayment(t, pay(t, srv, "key_a", "shared", body1000))
+		b := decodePayment(t, pay(t, srv, "key_b", "shared", body1000))
+		if a.ID == b.ID || a.ProviderChargeID == b.ProviderChargeID {
+			t.Fatalf("two clients, one key: payments %s and %s", a.ID, b.ID)
+		}
+		if r := call(t, http.MethodGet, srv.api+"/v1/payments/"+a.ID, "key_b", "", ""); r.status != 404 {
+			t.Errorf("client_b reading client_a's payment: %d, want 404", r.status)
+		}
+	})
+
+	t.Run("rejected requests are not stored: the key stays usable", func(t *testing.T) {
+		for _, bad := range []struct {
+			name, apiKey, body string
+			want               int
+		}{
+			{"invalid amount", "key_a", `{"amount":0,"currency":"usd"}`, 422},
+			{"malformed", "key_a", `{"amount":`, 400},
+			{"unauthenticated", "nope", body1000, 401},
+		} {
+			if r := pay(t, srv, bad.apiKey, "c-5", bad.body); r.status != bad.want {
+				t.Fatalf("%s: %d, want %d", bad.name, r.status, bad.want)
+			}
+		}
+		if r := pay(t, srv, "key_a", "c-5", body1000); r.status != 201 || r.header.Get("Idempotent-Replayed") != "" {
+			t.Fatalf("the key after rejections: %d %v, want a fresh 201", r.status, r.header)
+		}
+	})
+}
+
+func TestIdempotency_FiftyConcurrentIdenticalRequestsChargeOnce(t *testing.T) {
+	st := newStack(t, nil)
+	srv := st.start(t)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 200}) // keep the first in flight
+
+	const n = 50
+	var wg sync.WaitGroup
+	results := make([]response, n)
+	for i := range n {
+		wg.Go(func() { results[i] = pay(t, srv, "key_a", "dup", body1000) })
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	var id string
+	for _, r := range results {
+		switch {
+		case r.status == 201 && r.header.Get("Idempotent-Replayed") == "true":
+			counts["201 replay"]++
+		case r.status == 201:
+			counts["201"]++
+		case r.status == 409:
+			counts["409"]++
+		default:
+			t.Errorf("unexpected answer %d %s", r.status, r.body)
+		}
+		if r.status == 201 {
+			if p := decodePayment(t, r); id == "" {
+				id = p.ID
+			} else if p.ID != id {
+				t.Errorf("two payments for one key: %s and %s", id, p.ID)
+			}
+		}
+	}
+	t.Logf("50 concurrent identical requests: %v", counts)
+	if counts["201"] != 1 {
+		t.Errorf("%d fresh 201s, want exactly 1", counts["201"])
+	}
+	if charges := st.fake.Charges(); len(charges) != 1 {
+		t.Errorf("%d provider charges, want 1", len(charges))
+	}
+}
+
+func TestIdempotency_OtherRequestWithTheKeyIs409InFlightAnd422After(t *testing.T) {
+	st := newStack(t, nil)
+	srv := st.start(t)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 500})
+	first := make(chan response)
+	go func() { first <- pay(t, srv, "key_a", "k", body1000) }()
+	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
+
+	if r := pay(t, srv, "key_a", "k", `{"amount":5,"currency":"usd"}`); r.status != 409 || r.header.Get("Retry-After") == "" {
+		t.Errorf("while in flight: %d (Retry-After %q), want 409 with Retry-After", r.status, r.header.Get("Retry-After"))
+	}
+	if r := <-first; r.status != 201 {
+		t.Fatalf("first: %d %s", r.status, r.body)
+	}
+	if r := pay(t, srv, "key_a", "k", `{"amount":5,"currency":"usd"}`); r.status != 422 {
+		t.Errorf("after completion: %d, want 422", r.status)
+	}
+}
+
+func TestIdempotency_RedisFlushedBetweenRequestAndRetry(t *testing.T) {
+	st := newStack(t, nil)
+	srv := st.start(t)
+	first := pay(t, srv, "key_a", "k", body1000)
+	flushRedis(t, st.redisURL)
+	again := pay(t, srv, "key_a", "k", body1000)
+	if again.status != 201 || again.header.Get("Idempotent-Replayed") != "true" || string(again.body) != string(first.body) {
+		t.Fatalf("after FLUSHALL: %d %v %s\nwant the first answer replayed: %s", again.status, again.header, again.body, first.body)
+	}
+	if n := len(st.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+func flushRedis(t *testing.T, url string) {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	if err := rdb.FlushAll(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
+	r := testenv.NewRedis(t)
+	st := newStack(t, map[string]string{"REDIS_URL": r.URL()})
+	srv := st.start(t)
+	before := pay(t, srv, "key_a", "before", body1000)
+
+	if err := r.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	status, checks := readiness(t, srv.api)
+	if status != 200 || !strings.HasPrefix(checks["redis"], "degraded") {
+		t.Fatalf("ready with Redis down: %d %v; want 200 with redis degraded", status, checks)
+	}
+	if again := pay(t, srv, "key_a", "before", body1000); again.status != 201 || string(again.body) != string(before.body) {
+		t.Errorf("replay with Redis down: %d %s", again.status, again.body)
+	}
+	// Duplicates race with no Redis lock at all: Postgres alone decides.
+	st.faults(t, fakeprovider.Faults{LatencyMS: 100})
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if r := pay(t, srv, "key_a", "during", body1000); r.status != 201 && r.status != 409 {
+				t.Errorf("with Redis down: %d %s", r.status, r.body)
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(st.fake.Charges()); n != 2 {
+		t.Errorf("%d charges, want 2 (one per key)", n)
+	}
+
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "redis ok again", func() bool { _, checks := readiness(t, srv.api); return checks["redis"] == "ok" })
+}
+
+func TestIdempotency_LeaseShorterThanTheHandlerStillChargesOnce(t *testing.T) {
+	st := newStack(t, map[string]string{"IDEMPOTENCY_LEASE": "300ms"})
+	srv := st.start(t)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 1000})
+
+	// The first request's lease expires while the provider holds it; the
+	// retry takes the payment over and drives it again, with the same
+	// provider key.
+	first := make(chan response)
+	go func() { first <- pay(t, srv, "key_a", "k", body1000) }()
+	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
+	time.Sleep(400 * time.Millisecond)
+	retry := pay(t, srv, "key_a", "k", body1000)
+	r1 := <-first
+	if r1.status != 201 || retry.status != 201 {
+		t.Fatalf("first %d %s, retry %d %s; want both 201", r1.status, r1.body, retry.status, retry.body)
+	}
+	if a, b := decodePayment(t, r1), decodePayment(t, retry); a.ID != b.ID || a.ProviderChargeID != b.ProviderChargeID {
+		t.Errorf("first %+v, retry %+v: want one payment, one charge", a, b)
+	}
+	if n := len(st.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+func TestIdempotency_UnknownOutcomeIsSettledByRetry(t *testing.T) {
+	st := newStack(t, nil)
+	srv := st.start(t)
+	st.faults(t, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	first := pay(t, srv, "key_a", "k", body1000)
+	if p := decodePayment(t, first); first.status != 202 || p.Status != "processing" {
+		t.Fatalf("charged, then 500: %d %s; want 202 processing", first.status, first.body)
+	}
+	st.fake.ResetFaults()
+	retry := pay(t, srv, "key_a", "k", body1000)
+	p := decodePayment(t, retry)
+	charges := st.fake.Charges()
+	if retry.status != 201 || p.Status != "succeeded" || len(charges) != 1 || p.ProviderChargeID != charges[0].ID {
+		t.Fatalf("retry: %d %s; charges %+v; want 201 with the one charge", retry.status, retry.body, charges)
+	}
+}
+
+func TestIdempotency_UnknownOutcomeIsSettledByTheReconciler(t *testing.T) {
+	st := newStack(t, map[string]string{
+		"RECONCILE_INTERVAL": "100ms",
+		"RECONCILE_AFTER":    "100ms",
+	})
+	srv := st.start(t)
+	st.faults(t, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	first := pay(t, srv, "key_a", "k", body1000)
+	if first.status != 202 {
+		t.Fatalf("charged, then 500: %d, want 202", first.status)
+	}
+	st.fake.ResetFaults()
+	id := decodePayment(t, first).ID
+	waitFor(t, "the reconciler to settle the payment", func() bool {
+		r := call(t, http.MethodGet, srv.api+"/v1/payments/"+id, "key_a", "", "")
+		return decodePayment(t, r).Status == "succeeded"
+	})
+	retry := pay(t, srv, "key_a", "k", body1000)
+	if retry.status != 201 || retry.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("retry after reconciliation: %d %v, want a 201 replay", retry.status, retry.header)
+	}
+	if n := len(st.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+	if line := metricLine(t, srv.admin, `payservice_reconciler_payments_total{result="succeeded"}`); line == "" || strings.HasSuffix(line, " 0") {
+		t.Errorf("reconciler metric: %q", line)
+	}
+}
+
+func TestIdempotency_TwoInstancesShareTheKey(t *testing.T) {
+	st := newStack(t, nil)
+	a, b := st.start(t), st.start(t)
+	st.faults(t, fakeprovider.Faults{LatencyMS: 200})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		srv := a
+		if i%2 == 1 {
+			srv = b
+		}
+		wg.Go(func() {
+			if r := pay(t, srv, "key_a", "k", body1000); r.status != 201 && r.status != 409 {
+				t.Errorf("%d %s", r.status, r.body)
+			}
+		})
+	}
+	wg.Wait()
+	if n := len(st.fake.Charges()); n != 1 {
+		t.Errorf("two instances, one key: %d charges, want 1", n)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
