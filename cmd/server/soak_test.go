@@ -1,0 +1,267 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/testenv"
+)
+
+var soakRequests = flag.Int("soak.requests", 1000, "HTTP requests the soak test sends (the README's run uses 10000)")
+
+// TestSoak_ChargesAtMostOnceUnderChaos is the soak tool: clients with
+// random retries and concurrent duplicates pay through two server
+// instances while the provider fails 30% of charges outright and 10% after
+// charging, and Redis is flushed once and restarted once. At the end it
+// checks the promise of the whole template:
+//
+//   - provider charges = succeeded payments, charge for charge;
+//   - no client's key was charged twice, and no charge lacks its payment;
+//   - every 2xx answer's payment exists in Postgres, with its amount;
+//   - no payment is left processing once the reconciler has run.
+//
+//	go test ./cmd/server -run Soak -v -soak.requests=10000
+func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
+	redisC := testenv.NewRedis(t)
+	st := newStack(t, map[string]string{
+		"REDIS_URL":             redisC.URL(),
+		"IDEMPOTENCY_LEASE":     "2s",
+		"RETRY_MAX_RETRY_AFTER": "0s", // the fake's Retry-After: 1 ends server-side retries; clients retry
+		"RECONCILE_INTERVAL":    "200ms",
+		"RECONCILE_AFTER":       "500ms",
+		"RECONCILE_GRACE":       "2s",
+	})
+	servers := []*server{st.start(t), st.start(t)}
+	st.faults(t, fakeprovider.Faults{ErrorRate: 0.3, ChargeThenErrorRate: 0.1, LatencyMS: 2})
+
+	var (
+		sent      atomic.Int64
+		statusMu  sync.Mutex
+		statuses  = map[string]int{}
+		answers   sync.Map // payment id → amount, from every 2xx answer
+		logical   atomic.Int64
+		unsettled atomic.Int64 // logical payments given up before a final answer
+	)
+	count := func(s string) {
+		statusMu.Lock()
+		statuses[s]++
+		statusMu.Unlock()
+	}
+	send := func(rng *rand.Rand, key string, amount int64) (int, bool) {
+		sent.Add(1)
+		srv := servers[rng.IntN(len(servers))]
+		req, _ := http.NewRequest(http.MethodPost, srv.api+"/v1/payments", strings.NewReader(fmt.Sprintf(`{"amount":%d,"currency":"usd"}`, amount)))
+		req.Header.Set("Authorization", "Bearer key_a")
+		req.Header.Set("Idempotency-Key", key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			count("network error")
+			return 0, false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		count(fmt.Sprint(resp.StatusCode))
+		if resp.StatusCode/100 == 2 {
+			var p struct {
+				ID     string `json:"id"`
+				Amount int64  `json:"amount"`
+			}
+			if err := json.Unmarshal(body, &p); err != nil || p.ID == "" {
+				t.Errorf("2xx without a payment: %s", body)
+			}
+			if prev, loaded := answers.LoadOrStore(p.ID, p.Amount); loaded && prev.(int64) != p.Amount {
+				t.Errorf("payment %s answered with amounts %d and %d", p.ID, prev, p.Amount)
+			}
+		}
+		return resp.StatusCode, resp.StatusCode == 201 || resp.StatusCode == 402
+	}
+
+	// One logical payment: a first attempt with 0–2 concurrent duplicates,
+	// then retries with jitter until a final answer (or 30 tries).
+	payOnce := func(rng *rand.Rand, worker, n int) {
+		key := fmt.Sprintf("soak-%d-%d", worker, n)
+		amount := int64(100 + rng.IntN(99_000))
+		if rng.IntN(10) == 0 {
+			amount = amount/1000*1000 + 402 // a decline
+		}
+		var dups sync.WaitGroup
+		for range rng.IntN(3) {
+			seed := rng.Uint64()
+			dups.Go(func() { send(rand.New(rand.NewPCG(seed, 1)), key, amount) })
+		}
+		final := false
+		for try := 0; try < 30 && !final; try++ {
+			if try > 0 {
+				time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+			}
+			_, final = send(rng, key, amount)
+		}
+		dups.Wait()
+		if !final {
+			unsettled.Add(1)
+		}
+	}
+
+	// Chaos: a flush at a third of the requests, a restart at two thirds.
+	total := int64(*soakRequests)
+	chaosDone := make(chan struct{})
+	go func() {
+		defer close(chaosDone)
+		for sent.Load() < total/3 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		flushRedis(t, redisC.URL())
+		t.Logf("chaos: FLUSHALL after %d requests", sent.Load())
+		for sent.Load() < 2*total/3 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		t.Logf("chaos: Redis stopped after %d requests", sent.Load())
+		if err := redisC.Stop(context.Background()); err != nil {
+			t.Errorf("stop redis: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+		if err := redisC.Start(context.Background()); err != nil {
+			t.Errorf("start redis: %v", err)
+		}
+		t.Logf("chaos: Redis started again after %d requests", sent.Load())
+	}()
+
+	start := time.Now()
+	var workers sync.WaitGroup
+	for w := range 16 {
+		workers.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			for n := 0; sent.Load() < total; n++ {
+				logical.Add(1)
+				payOnce(rng, w, n)
+			}
+		})
+	}
+	workers.Wait()
+	<-chaosDone
+	elapsed := time.Since(start)
+
+	// Faults off: the reconciler settles what the clients left processing.
+	st.fake.ResetFaults()
+	pool, err := sql.Open("postgres", st.env["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	waitFor(t, "the reconciler to settle every payment", func() bool {
+		var n int
+		_ = pool.QueryRow(`SELECT count(*) FROM payments WHERE status = 'processing'`).Scan(&n)
+		return n == 0
+	})
+
+	// The ledger against the database.
+	type row struct {
+		amount           int64
+		status, chargeID string
+		key              string
+	}
+	rows := map[string]row{}
+	r, err := pool.Query(`SELECT id, idempotency_key, amount, status, coalesce(provider_charge_id, '') FROM payments`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r.Next() {
+		var id string
+		var x row
+		if err := r.Scan(&id, &x.key, &x.amount, &x.status, &x.chargeID); err != nil {
+			t.Fatal(err)
+		}
+		rows[id] = x
+	}
+	r.Close()
+	succeeded, failed := 0, 0
+	for _, x := range rows {
+		switch x.status {
+		case "succeeded":
+			succeeded++
+		case "failed":
+			failed++
+		default:
+			t.Errorf("a payment is %q after reconciliation", x.status)
+		}
+	}
+	charges := st.fake.Charges()
+	charged, declined := 0, 0
+	chargedKeys := map[string]int{}
+	for _, ch := range charges {
+		p, ok := rows[ch.IdempotencyKey]
+		switch {
+		case !ok:
+			t.Errorf("charge %s (provider key %s) has no payment: a lost payment", ch.ID, ch.IdempotencyKey)
+			continue
+		case p.chargeID != ch.ID || p.amount != ch.Amount:
+			t.Errorf("charge %+v does not match payment %+v", ch, p)
+		}
+		chargedKeys[p.key]++
+		if ch.Status == fakeprovider.StatusSucceeded {
+			charged++
+			if p.status != "succeeded" {
+				t.Errorf("charge %s succeeded but its payment is %s", ch.ID, p.status)
+			}
+		} else {
+			declined++
+		}
+	}
+	for key, n := range chargedKeys {
+		if n > 1 {
+			t.Errorf("idempotency key %s was charged %d times", key, n)
+		}
+	}
+	if charged != succeeded {
+		t.Errorf("provider charges %d != succeeded payments %d", charged, succeeded)
+	}
+	missing := 0
+	answers.Range(func(id, amount any) bool {
+		if p, ok := rows[id.(string)]; !ok || p.amount != amount.(int64) {
+			missing++
+			t.Errorf("a 2xx answer's payment %s (amount %d) is not in Postgres as answered", id, amount)
+		}
+		return true
+	})
+
+	var keys []string
+	for k := range statuses {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var hist []string
+	for _, k := range keys {
+		hist = append(hist, fmt.Sprintf("%s=%d", k, statuses[k]))
+	}
+	t.Logf("soak: %d requests for %d logical payments in %s (%d given up by their client before a final answer)",
+		sent.Load(), logical.Load(), elapsed.Round(time.Millisecond), unsettled.Load())
+	t.Logf("soak: answers %s", strings.Join(hist, " "))
+	t.Logf("soak: payments %d (succeeded %d, failed %d); provider charges %d (succeeded %d, declined %d)",
+		len(rows), succeeded, failed, len(charges), charged, declined)
+	t.Logf("soak: invariants: charges=succeeded %v; keys charged twice %d; 2xx answers missing from Postgres %d; processing after reconciliation 0",
+		charged == succeeded, countOver(chargedKeys, 1), missing)
+}
+
+func countOver(m map[string]int, limit int) int {
+	n := 0
+	for _, v := range m {
+		if v > limit {
+			n++
+		}
+	}
+	return n
+}
