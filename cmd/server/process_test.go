@@ -83,3 +83,6 @@ func (p *process) wait(t *testing.T, limit time.Duration) time.Duration {
 	}
 	return time.Since(start)
 }
+
+// exitCode is the process's exit code, or -1 if a signal killed it.
+func (p *process) exitCode() int { return p.cmd.ProcessState.ExitCode() }

@@ -33,6 +33,8 @@ var soakRequests = flag.Int("soak.requests", 1000, "HTTP requests the soak test 
 //   - every 2xx answer's payment exists in Postgres, with its amount;
 //   - no payment is left processing once the reconciler has run.
 //
+// Run it long with:
+//
 //	go test ./cmd/server -run Soak -v -soak.requests=10000
 func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	redisC := testenv.NewRedis(t)
