@@ -71,7 +71,7 @@ func loadConfig(getenv func(string) string) config {
 }
 
 func printUsage(w io.Writer) {
-	fmt.Fprint(w, "Usage: fakeprovider [-h]\n\n"+
+	fmt.Fprint(w, "Usage: fakeprovider [-h]\n       fakeprovider healthcheck   (exit 0 if the local provider answers)\n\n"+
 		"Serves a fake payment provider with an in-memory ledger and fault injection.\n\n"+
 		"Environment:\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -82,7 +82,12 @@ func printUsage(w io.Writer) {
 }
 
 // run serves the fake provider until ctx ends, then shuts down gracefully.
+// `fakeprovider healthcheck` instead asks a running one whether it answers,
+// for a container HEALTHCHECK (distroless images have no curl).
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck(ctx, loadConfig(getenv).addr)
+	}
 	flags := flag.NewFlagSet("fakeprovider", flag.ContinueOnError)
 	flags.SetOutput(io.Discard) // errors are returned, and printed once, by main
 	if err := flags.Parse(args); err != nil {
@@ -135,6 +140,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		return fmt.Errorf("shut down within %v: %w", shutdownTimeout, errors.Join(err, srv.Close()))
+	}
+	return nil
+}
+
+// healthcheck asks the provider listening on addr for its faults, which it
+// answers at once whatever they are.
+func healthcheck(ctx context.Context, addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("ADDR %q: %w", addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort("127.0.0.1", port)+"/_faults", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: %s answered %s", req.URL, resp.Status)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -38,6 +39,10 @@ func TestRun_ServesChargesUntilTheContextEnds(t *testing.T) {
 		return r["msg"] == "request" && r["method"] == "POST" && r["path"] == "/v1/charges" &&
 			r["status"] == float64(201) && r["duration"] != nil
 	})
+	healthEnv := getenv(map[string]string{"ADDR": listening["addr"].(string)})
+	if err := run(ctx, []string{"healthcheck"}, healthEnv, io.Discard, io.Discard); err != nil {
+		t.Errorf("healthcheck of a running provider: %v", err)
+	}
 
 	cancel()
 
@@ -48,6 +53,9 @@ func TestRun_ServesChargesUntilTheContextEnds(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Fatal("run still running a second after its context ended")
+	}
+	if err := run(context.Background(), []string{"healthcheck"}, healthEnv, io.Discard, io.Discard); err == nil {
+		t.Error("healthcheck of a stopped provider succeeded")
 	}
 }
 
