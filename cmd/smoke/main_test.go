@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+)
+
+const testKey = "test_key"
+
+func TestRun_PassesEveryStepAgainstAConformingService(t *testing.T) {
+	srv := httptest.NewServer(new(fakeAPI))
+	defer srv.Close()
+	env := map[string]string{"SMOKE_URL": srv.URL, "SMOKE_API_KEY": testKey}
+	var out bytes.Buffer
+
+	err := run(t.Context(), nil, func(k string) string { return env[k] }, &out)
+
+	if err != nil {
+		t.Errorf("run = %v, want nil; output:\n%s", err, &out)
+	}
+	for _, step := range []string{"readiness", "create payment", "replay with the same Idempotency-Key",
+		"get payment", "list payments", "declined payment", "unauthenticated request"} {
+		if !strings.Contains(out.String(), "PASS "+step+"\n") {
+			t.Errorf("output lacks PASS %s:\n%s", step, &out)
+		}
+	}
+}
+
+func TestRun_StopsAtTheFirstFailingStep(t *testing.T) {
+	tests := []struct {
+		name     string
+		api      *fakeAPI
+		wantLast string // the output's last line starts so
+	}{
+		{"never ready", &fakeAPI{notReady: true}, "FAIL readiness: not ready within the timeout; last: status 503, want 200"},
+		{"replay not marked", &fakeAPI{unmarkedReplays: true}, "FAIL replay with the same Idempotency-Key: header Idempotent-Replayed"},
+		{"open to anyone", &fakeAPI{openToAll: true}, "FAIL unauthenticated request: status 200, want 401"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(tt.api)
+			defer srv.Close()
+			var out bytes.Buffer
+
+			err := run(t.Context(), []string{"-url", srv.URL, "-api-key", testKey, "-timeout", "1s"},
+				func(string) string { return "" }, &out)
+
+			if err == nil {
+				t.Errorf("run = nil, want an error; output:\n%s", &out)
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if last := lines[len(lines)-1]; !strings.HasPrefix(last, tt.wantLast) {
+				t.Errorf("last line = %q, want it to start with %q; output:\n%s", last, tt.wantLast, &out)
+			}
+		})
+	}
+}
+
+// fakeAPI is the least of payservice's API (DESIGN §2) that smoke checks.
+// Each switch breaks one contract.
+type fakeAPI struct {
+	notReady        bool // /health/ready answers 503
+	unmarkedReplays bool // replays lack Idempotent-Replayed
+	openToAll       bool // /v1 needs no API key
+
+	mu      sync.Mutex
+	answers map[string]answer // the first answer per Idempotency-Key
+	ids     []string          // payments created, oldest first
+}
+
+type answer struct {
+	status int
+	body   string
+}
+
+func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if strings.HasPrefix(r.URL.Path, "/v1/") && !f.openToAll && r.Header.Get("Authorization") != "Bearer "+testKey {
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		problem(w, http.StatusUnauthorized, "")
+		return
+	}
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/health/ready" && f.notReady:
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprint(w, `{"status":"unavailable","checks":{"postgres":"unavailable: refused"}}`)
+	case r.Method == http.MethodGet && r.URL.Path == "/health/ready":
+		fmt.Fprint(w, `{"status":"ok","checks":{"migrations":"ok","postgres":"ok","redis":"ok"}}`)
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/payments":
+		key := r.Header.Get("Idempotency-Key")
+		a, seen := f.answers[key]
+		if seen && !f.unmarkedReplays {
+			w.Header().Set("Idempotent-Replayed", "true")
+		}
+		if !seen {
+			a = f.create(r)
+			if f.answers == nil {
+				f.answers = make(map[string]answer)
+			}
+			f.answers[key] = a
+		}
+		if a.status == http.StatusPaymentRequired {
+			problem(w, a.status, `,"payment":`+a.body)
+			return
+		}
+		w.WriteHeader(a.status)
+		fmt.Fprint(w, a.body)
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/payments":
+		var data []string
+		for _, id := range f.ids {
+			data = append([]string{paymentJSON(id, "succeeded")}, data...) // newest first
+		}
+		fmt.Fprintf(w, `{"data":[%s],"has_more":false}`, strings.Join(data, ","))
+	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/payments/"):
+		fmt.Fprint(w, paymentJSON(strings.TrimPrefix(r.URL.Path, "/v1/payments/"), "succeeded"))
+	default:
+		problem(w, http.StatusNotFound, "")
+	}
+}
+
+// create charges a new payment; amounts ending in 402 are declined.
+func (f *fakeAPI) create(r *http.Request) answer {
+	var req struct{ Amount int }
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		return answer{http.StatusBadRequest, `{}`}
+	}
+	id := fmt.Sprintf("pay_%d", len(f.answers)+1)
+	if req.Amount%1000 == 402 {
+		return answer{http.StatusPaymentRequired, paymentJSON(id, "failed")}
+	}
+	f.ids = append(f.ids, id)
+	return answer{http.StatusCreated, paymentJSON(id, "succeeded")}
+}
+
+func paymentJSON(id, status string) string {
+	return fmt.Sprintf(`{"id":%q,"status":%q,"provider_charge_id":"ch_%s"}`, id, status, id)
+}
+
+// problem writes problem+json; extra is more members, each with a leading comma.
+func problem(w http.ResponseWriter, status int, extra string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, `{"type":"about:blank","status":%d%s}`, status, extra)
+}
