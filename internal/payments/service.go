@@ -31,6 +31,11 @@ type Provider interface {
 	FindCharge(ctx context.Context, idempotencyKey string) (provider.Charge, bool, error)
 }
 
+// Admitter is implemented by a Provider that can tell, without calling
+// anything, that it would refuse a call now (its bulkhead is full, its
+// breaker open).
+type Admitter interface{ Admit() error }
+
 // Response is the answer to a payment request, as the API renders it. The
 // final one (for a charged or failed payment) is stored with the payment
 // and replayed to every retry of its idempotency key, byte for byte.
@@ -101,6 +106,9 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 	if err := in.Request.Validate(); err != nil {
 		return Result{}, err
 	}
+	if err := s.shed(ctx, in); err != nil {
+		return Result{}, err
+	}
 	token := newToken()
 	claim, err := s.Repo.Claim(ctx, db.Payment{
 		ID:             s.newID(),
@@ -125,6 +133,26 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 	work, cancel := detach(ctx)
 	defer cancel()
 	return s.drive(work, claim, token, in.RequestID)
+}
+
+// shed refuses a new payment at once while the provider's protections
+// would refuse its charge anyway. Under overload that keeps refusals cheap:
+// one read instead of a claim, a lease and an abandon, each a write. A key
+// that already names a payment goes on (a replay needs no provider; a
+// resumed payment is refused later, keeping its row).
+func (s *Service) shed(ctx context.Context, in CreateInput) error {
+	a, ok := s.Provider.(Admitter)
+	if !ok {
+		return nil
+	}
+	refusal := a.Admit()
+	if refusal == nil {
+		return nil
+	}
+	if _, err := s.Repo.ByKey(ctx, in.ClientID, in.IdempotencyKey); errors.Is(err, db.ErrNotFound) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, refusal)
+	}
+	return nil
 }
 
 // answerExisting answers a request for a key another request holds or has

@@ -241,3 +241,29 @@ func TestCreate_ClientHangingUpDoesNotAbandonTheCharge(t *testing.T) {
 		t.Fatalf("status %s after the client hung up, want succeeded: the charge must complete", res.Payment.Status)
 	}
 }
+
+// refusing is a provider whose protections refuse everything.
+type refusing struct{ payments.Provider }
+
+func (refusing) Admit() error { return errors.New("bulkhead full") }
+
+func TestCreate_ShedsNewPaymentsBeforeWritingWhileTheProviderRefuses(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	ctx := context.Background()
+	done, err := f.svc.Create(ctx, input("done", 1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc.Provider = refusing{f.svc.Provider}
+
+	if _, err := f.svc.Create(ctx, input("new", 1000)); !errors.Is(err, payments.ErrUnavailable) {
+		t.Fatalf("a new payment while refusing: %v, want ErrUnavailable", err)
+	}
+	if _, err := f.repo.ByKey(ctx, "client_a", "new"); !errors.Is(err, db.ErrNotFound) {
+		t.Errorf("a shed payment was written: %v", err)
+	}
+	replay, err := f.svc.Create(ctx, input("done", 1000))
+	if err != nil || !replay.Replayed || string(replay.Response.Body) != string(done.Response.Body) {
+		t.Errorf("a replay while refusing: %+v, %v; want the stored answer", replay, err)
+	}
+}

@@ -68,6 +68,20 @@ func (r *Resilient) FindCharge(ctx context.Context, idempotencyKey string) (Char
 	return ch, found, err
 }
 
+// Admit reports whether a call would be refused right now without reaching
+// the provider (bulkhead full, breaker open), as an error matching
+// ErrNotSent. The payments service asks before it writes anything for a
+// new payment: under overload, refusing costs nothing but this check.
+func (r *Resilient) Admit() error {
+	switch {
+	case r.p.Bulkhead.Full():
+		return &Error{Op: "charge", Err: resilience.ErrBulkheadFull}
+	case r.p.Breaker.Open():
+		return &Error{Op: "charge", Err: resilience.ErrBreakerOpen}
+	}
+	return nil
+}
+
 func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Context) error) error {
 	// Set by the bulkhead's worker, read after Submit returns: Submit
 	// waits for the work it started, so the write happens before the read.
@@ -109,6 +123,9 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 // answers are failures; 4xx answers (a decline, a bad request, a 429) mean
 // the provider is up and answering.
 func BreakerOutcome(err error) resilience.Outcome {
+	if err == nil {
+		return resilience.Success
+	}
 	var perr *Error
 	if !errors.As(err, &perr) {
 		return resilience.Failure

@@ -97,6 +97,9 @@ func NewBreaker(s BreakerSettings, classify func(error) Outcome, reg prometheus.
 				"breaker", name, "from", from.String(), "to", to.String())
 		},
 		IsExcluded: func(err error) bool {
+			if err == nil { // the common case: no errors.As target to allocate
+				return false
+			}
 			var ex excluded
 			return errors.As(err, &ex) || classify(err) == Ignore
 		},
@@ -129,6 +132,9 @@ func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) e
 		}
 		return struct{}{}, err
 	})
+	if err == nil {
+		return nil
+	}
 	var ex excluded
 	switch {
 	case errors.As(err, &ex):
@@ -141,6 +147,11 @@ func (b *Breaker) Execute(ctx context.Context, fn func(context.Context) error) e
 
 // State returns the breaker's state: "closed", "half-open" or "open".
 func (b *Breaker) State() string { return b.cb.State().String() }
+
+// Open reports whether the breaker would refuse a call now, without
+// calling anything: for shedding load before doing work a refused call
+// would waste.
+func (b *Breaker) Open() bool { return b.cb.State() == gobreaker.StateOpen }
 
 // registerAll registers collectors, stopping at the first error.
 func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {

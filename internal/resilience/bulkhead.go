@@ -179,6 +179,14 @@ func (b *Bulkhead) Close(ctx context.Context) error {
 	}
 }
 
+// Full reports whether Submit would refuse work now. It is a snapshot:
+// for shedding load before doing work that a refusal would waste.
+func (b *Bulkhead) Full() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed || b.inFlight+b.queue.Len() >= b.capacity
+}
+
 // Stats returns the work running and queued now.
 func (b *Bulkhead) Stats() (inFlight, queued int) {
 	b.mu.Lock()
