@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -30,6 +31,11 @@ func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
+	return migrateUp(ctx, migrator, log)
+}
+
+// migrateUp applies pending migrations and says what it did.
+func migrateUp(ctx context.Context, migrator *db.Migrator, log *slog.Logger) error {
 	applied, err := migrator.Up(ctx)
 	if err != nil {
 		return err

@@ -279,12 +279,7 @@ func prepareSchema(ctx context.Context, cfg config.Config, pool *sql.DB, log *sl
 			return err
 		})
 	}
-	applied, err := migrator.Up(ctx)
-	if err != nil {
-		return err
-	}
-	log.Info("migrations applied", "applied", applied, "version", migrator.Version())
-	return nil
+	return migrateUp(ctx, migrator, log)
 }
 
 // retryUntil calls f until it succeeds or ctx ends, backing off from 100ms
