@@ -87,6 +87,7 @@ rootfs_tarball() {
 	local mirror dir
 	mirror=$(debian_mirror)
 	dir="$CI_CACHE/rootfs-$name.d"
+	mkdir -p "$CI_CACHE"
 	log "debootstrap $name ($pkgs) from $mirror (about a minute)"
 	# --variant=minbase: only Essential packages + apt, like Docker's debian
 	#   base images; --include pulls the service packages in the same run.
