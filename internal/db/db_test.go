@@ -354,6 +354,35 @@ func TestLeader_OneLeadsAndAnotherTakesOverWhenItDies(t *testing.T) {
 	}
 }
 
+func TestLeader_CancelledCheckKeepsTheLockUntilResign(t *testing.T) {
+	url := testenv.NewDatabase(t)
+	ctx := context.Background()
+	const key = 43
+	a, b := db.NewLeader(open(t, url), key), db.NewLeader(open(t, url), key)
+	if ok, err := a.Lead(ctx); !ok || err != nil {
+		t.Fatalf("a.Lead = %v, %v; want leadership", ok, err)
+	}
+
+	// A check under a cancelled context (a reconciler stopping) says
+	// nothing about the session: a still holds the lock...
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if ok, err := a.Lead(cancelled); !ok || err == nil {
+		t.Fatalf("a.Lead(cancelled) = %v, %v; want still leading, with the context's error", ok, err)
+	}
+	if ok, _ := b.Lead(ctx); ok {
+		t.Fatal("b leads while a still holds the lock")
+	}
+	// ...and its Resign really frees it, instead of leaving it on a
+	// pooled connection where nobody could ever take it again.
+	if err := a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Lead(ctx); !ok || err != nil {
+		t.Fatalf("b.Lead after a resigned = %v, %v; want leadership", ok, err)
+	}
+}
+
 func TestPayments_GetIsScopedToTheClient(t *testing.T) {
 	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
 	ctx := context.Background()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"errors"
 	"fmt"
 )
 
@@ -30,12 +29,21 @@ func NewLeader(pool *sql.DB, key int64) *Leader {
 // does not. A leader checks that its connection, and so its lock, is still
 // alive; if not, it steps down and tries again.
 func (l *Leader) Lead(ctx context.Context) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		// Our own cancellation says nothing about the session. Check
+		// nothing: a query under a cancelled context may make the driver
+		// close the connection, and Postgres frees a dead session's lock
+		// only some time later. Resign gives the lock up at once.
+		return l.conn != nil, fmt.Errorf("leader check: %w", err)
+	}
 	if l.conn != nil {
 		if err := l.conn.PingContext(ctx); err == nil {
 			return true, nil
 		}
-		l.conn.Close() // the lock died with the session
-		l.conn = nil
+		// The session looks dead. Discard the connection rather than
+		// return it to the pool: if it lived after all, a pooled session
+		// would hold the lock forever and nobody could ever lead again.
+		l.discard()
 	}
 	conn, err := l.pool.Conn(ctx)
 	if err != nil {
@@ -63,9 +71,20 @@ func (l *Leader) Resign(ctx context.Context) error {
 	// Closing returns the connection to the pool, where it may live on:
 	// unlock explicitly first, and if that failed, discard the connection.
 	if err != nil {
-		err = errors.Join(err, l.conn.Raw(func(any) error { return driver.ErrBadConn }))
+		l.discard()
+		return fmt.Errorf("resign leadership: %w", err)
 	}
 	l.conn.Close()
 	l.conn = nil
-	return err
+	return nil
+}
+
+// discard closes the leader's connection for good, never returning it to
+// the pool, so that Postgres ends the session and frees the lock with it.
+func (l *Leader) discard() {
+	// Raw returning driver.ErrBadConn makes database/sql close the
+	// underlying connection when it is released.
+	_ = l.conn.Raw(func(any) error { return driver.ErrBadConn })
+	l.conn.Close()
+	l.conn = nil
 }
