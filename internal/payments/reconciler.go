@@ -126,7 +126,16 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, p := range stale {
+	for i, p := range stale {
+		// While the provider's breaker is open (or its bulkhead full),
+		// every lookup would be refused: leave the rest to a later scan
+		// instead of logging a refusal per payment.
+		if a, ok := r.svc.Provider.(Admitter); ok {
+			if err := a.Admit(); err != nil {
+				r.log.Info("reconciliation scan deferred", "reason", err, "left", len(stale)-i)
+				break
+			}
+		}
 		result := r.reconcile(ctx, p)
 		r.results.WithLabelValues(result).Inc()
 		if result == resultSucceeded || result == resultFailed {

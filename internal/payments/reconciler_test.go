@@ -146,3 +146,23 @@ func cancelled() context.Context {
 	cancel()
 	return ctx
 }
+
+func TestReconciler_WaitsWhileTheProviderIsRefused(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	r := newReconciler(t, f, time.Hour)
+	open := f.svc.Provider
+	f.svc.Provider = refusing{open} // the breaker is open
+
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("RunOnce while refused = %d, %v; want nothing settled", settled, err)
+	}
+	if got, _ := f.svc.Get(context.Background(), "client_a", p.ID); got.Status != payments.StatusProcessing {
+		t.Fatalf("the payment became %s while the provider was refused", got.Status)
+	}
+
+	f.svc.Provider = open // the breaker closed again
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 1 {
+		t.Fatalf("RunOnce after = %d, %v; want 1 settled", settled, err)
+	}
+}
