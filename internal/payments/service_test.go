@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -227,18 +229,30 @@ func TestCreate_InvalidRequestWritesNothing(t *testing.T) {
 }
 
 func TestCreate_ClientHangingUpDoesNotAbandonTheCharge(t *testing.T) {
-	f := newFixture(t, "", 5*time.Second)
-	if err := f.fake.SetFaults(fakeprovider.Faults{LatencyMS: 300}); err != nil {
-		t.Fatal(err)
-	}
+	// The client hangs up exactly while the provider call is in flight:
+	// the provider cancels the request's context as the charge arrives.
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(50*time.Millisecond, cancel) // mid provider call
+	defer cancel()
+	fake := fakeprovider.New()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			cancel()
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	f := newFixture(t, srv.URL, 5*time.Second)
+
 	res, err := f.svc.Create(ctx, input("k", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Payment.Status != payments.StatusSucceeded {
-		t.Fatalf("status %s after the client hung up, want succeeded: the charge must complete", res.Payment.Status)
+	if ctx.Err() == nil {
+		t.Fatal("the provider never saw the charge, so the client never hung up")
+	}
+	if res.Payment.Status != payments.StatusSucceeded || len(fake.Charges()) != 1 {
+		t.Fatalf("status %s and %d charges after the client hung up, want succeeded with 1: the charge must complete",
+			res.Payment.Status, len(fake.Charges()))
 	}
 }
 
