@@ -57,8 +57,12 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *requestError) {
 // wrong types and trailing data are errors: a client that sends "amout"
 // must hear about it, not have a field silently ignored.
 func decodeStrict(body []byte, dst any) *requestError {
-	if len(bytes.TrimSpace(body)) == 0 {
+	switch trimmed := bytes.TrimSpace(body); {
+	case len(trimmed) == 0:
 		return &requestError{probMalformed, "The request body is empty; send a JSON object."}
+	case bytes.Equal(trimmed, []byte("null")):
+		// encoding/json would decode null into an untouched zero value.
+		return &requestError{probMalformed, "The request body must be a JSON object, not null."}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

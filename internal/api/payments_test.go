@@ -180,6 +180,8 @@ func TestCreatePayment_RejectsBadInputWithoutWriting(t *testing.T) {
 		{"amount overflows", postPayment(`{"amount":99999999999999999999,"currency":"usd"}`, nil), 400, "/malformed-request", `"amount" must be an integer`},
 		{"metadata value not string", postPayment(`{"amount":1,"currency":"usd","metadata":{"a":1}}`, nil), 400, "/malformed-request", `"metadata" must be a string`},
 		{"unknown field", postPayment(`{"amount":1000,"currency":"usd","amout":5}`, nil), 400, "/malformed-request", `Unknown field "amout"`},
+		{"null body", postPayment(`null`, nil), 400, "/malformed-request", "JSON object, not null"},
+		{"metadata value null", postPayment(`{"amount":1,"currency":"usd","metadata":{"a":null}}`, nil), 400, "/malformed-request", `"metadata" must be a string, not null`},
 		{"trailing data", postPayment(`{"amount":1000,"currency":"usd"} {}`, nil), 400, "/malformed-request", "after the JSON object"},
 		// 422: semantics.
 		{"zero amount", postPayment(`{"amount":0,"currency":"usd"}`, nil), 422, "/invalid-request", "amount"},
@@ -190,6 +192,9 @@ func TestCreatePayment_RejectsBadInputWithoutWriting(t *testing.T) {
 		{"unknown currency", postPayment(`{"amount":1,"currency":"abc"}`, nil), 422, "/invalid-request", `"abc" is not an ISO 4217`},
 		{"description too long", postPayment(`{"amount":1,"currency":"usd","description":"`+strings.Repeat("é", 501)+`"}`, nil), 422, "/invalid-request", "501 characters"},
 		{"too many metadata keys", postPayment(`{"amount":1,"currency":"usd","metadata":{`+manyKeys(21)+`}}`, nil), 422, "/invalid-request", "21 keys"},
+		{"currency spelt with a kelvin sign", postPayment(`{"amount":1,"currency":"\u212AES"}`, nil), 422, "/invalid-request", "is not an ISO 4217"},
+		{"NUL in description", postPayment(`{"amount":1,"currency":"usd","description":"a\u0000b"}`, nil), 422, "/invalid-request", "NUL"},
+		{"NUL in metadata", postPayment(`{"amount":1,"currency":"usd","metadata":{"k":"\u0000"}}`, nil), 422, "/invalid-request", "NUL"},
 		{"metadata key too long", postPayment(`{"amount":1,"currency":"usd","metadata":{"`+strings.Repeat("k", 41)+`":"v"}}`, nil), 422, "/invalid-request", "1 to 40"},
 	}
 	for _, tt := range tests {

@@ -11,8 +11,10 @@
 package payments
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -58,10 +60,38 @@ const (
 // CreateRequest is what a client asks for. The API layer decodes it; Validate
 // decides whether it makes sense.
 type CreateRequest struct {
-	Amount      int64             `json:"amount"`
-	Currency    string            `json:"currency"`
-	Description string            `json:"description"`
-	Metadata    map[string]string `json:"metadata"`
+	Amount      int64    `json:"amount"`
+	Currency    string   `json:"currency"`
+	Description string   `json:"description"`
+	Metadata    Metadata `json:"metadata"`
+}
+
+// Metadata is a request's string map. It decodes like map[string]string
+// but refuses null values, which encoding/json would silently turn into
+// empty strings: a client's data is stored as sent, or refused.
+type Metadata map[string]string
+
+// UnmarshalJSON decodes a JSON object of strings; null as a whole means no
+// metadata.
+func (m *Metadata) UnmarshalJSON(b []byte) error {
+	var raw map[string]*string
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if raw == nil {
+		*m = nil
+		return nil
+	}
+	out := make(Metadata, len(raw))
+	for k, v := range raw {
+		if v == nil {
+			// The decoder adds the field's path, as for any type error.
+			return &json.UnmarshalTypeError{Value: "null", Type: reflect.TypeFor[string]()}
+		}
+		out[k] = *v
+	}
+	*m = out
+	return nil
 }
 
 // FieldError is one semantic problem with a request.
@@ -95,7 +125,9 @@ func (r *CreateRequest) Validate() error {
 	if r.Amount < MinAmount || r.Amount > MaxAmount {
 		add("amount", "must be an integer number of minor units between %d and %d", MinAmount, MaxAmount)
 	}
-	r.Currency = strings.ToLower(r.Currency)
+	// Lower-case ASCII only: strings.ToLower would turn the Kelvin sign
+	// (U+212A) into a "k" and accept "\u212AES" as kes.
+	r.Currency = asciiLower(r.Currency)
 	switch {
 	case r.Currency == "":
 		add("currency", "is required")
@@ -104,6 +136,9 @@ func (r *CreateRequest) Validate() error {
 	}
 	if n := utf8.RuneCountInString(r.Description); n > MaxDescription {
 		add("description", "has %d characters, more than %d", n, MaxDescription)
+	}
+	if !storable(r.Description) {
+		add("description", "must not contain NUL characters")
 	}
 	if len(r.Metadata) > MaxMetadataKeys {
 		add("metadata", "has %d keys, more than %d", len(r.Metadata), MaxMetadataKeys)
@@ -116,11 +151,31 @@ func (r *CreateRequest) Validate() error {
 		if n := utf8.RuneCountInString(v); n > MaxMetadataValue {
 			add("metadata", "value of %q has %d characters, more than %d", k, n, MaxMetadataValue)
 		}
+		if !storable(k) || !storable(v) {
+			add("metadata", "key and value of %q must not contain NUL characters", k)
+		}
 	}
 	if len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
 	return nil
+}
+
+// storable reports whether Postgres can store s as text: valid UTF-8
+// without NUL bytes. JSON can carry "\u0000"; a text or jsonb column
+// cannot, and the insert would fail as if the database were down.
+func storable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
+}
+
+// asciiLower lower-cases the ASCII letters of s and nothing else.
+func asciiLower(s string) string {
+	return strings.Map(func(r rune) rune {
+		if 'A' <= r && r <= 'Z' {
+			return r + ('a' - 'A')
+		}
+		return r
+	}, s)
 }
 
 // ValidIdempotencyKey reports whether key is 1–255 printable ASCII

@@ -283,6 +283,9 @@ func (s *Service) respond(requestID string) db.Respond {
 
 // Get returns the client's payment.
 func (s *Service) Get(ctx context.Context, clientID, id string) (Payment, error) {
+	if !storable(id) {
+		return Payment{}, ErrNotFound // no such id can exist; asking would fail
+	}
 	row, err := s.Repo.Get(ctx, clientID, id)
 	switch {
 	case errors.Is(err, db.ErrNotFound):
@@ -301,6 +304,9 @@ type Page struct {
 
 // List returns the client's payments, newest first, after startingAfter.
 func (s *Service) List(ctx context.Context, clientID string, limit int, startingAfter string) (Page, error) {
+	if !storable(startingAfter) {
+		return Page{}, ErrBadCursor
+	}
 	rows, hasMore, err := s.Repo.List(ctx, clientID, limit, startingAfter)
 	switch {
 	case errors.Is(err, db.ErrCursorNotFound):

@@ -228,6 +228,26 @@ func TestCreate_InvalidRequestWritesNothing(t *testing.T) {
 	}
 }
 
+func TestCreate_TextPostgresCannotStoreIsInvalidNotUnavailable(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	ctx := context.Background()
+	nul := input("k", 1000)
+	nul.Request.Metadata = payments.Metadata{"k": "a\x00b"}
+	var verr *payments.ValidationError
+	if _, err := f.svc.Create(ctx, nul); !errors.As(err, &verr) {
+		t.Fatalf("metadata with NUL: %v, want a ValidationError (the insert would fail forever)", err)
+	}
+	// Ids and cursors no payment can have are answered without asking.
+	for _, id := range []string{"pay_\x00", "pay_\xff"} {
+		if _, err := f.svc.Get(ctx, "client_a", id); !errors.Is(err, payments.ErrNotFound) {
+			t.Errorf("Get(%q): %v, want ErrNotFound", id, err)
+		}
+		if _, err := f.svc.List(ctx, "client_a", 10, id); !errors.Is(err, payments.ErrBadCursor) {
+			t.Errorf("List after %q: %v, want ErrBadCursor", id, err)
+		}
+	}
+}
+
 func TestCreate_ClientHangingUpDoesNotAbandonTheCharge(t *testing.T) {
 	// The client hangs up exactly while the provider call is in flight:
 	// the provider cancels the request's context as the charge arrives.
