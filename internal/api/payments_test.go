@@ -418,9 +418,12 @@ func TestRouter_UnknownRoutesAndMethodsAreProblems(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string
 		want         int
+		allow        string
 	}{
-		{"GET", "/nope", 404},
-		{"DELETE", "/v1/payments/pay_1", 405},
+		{"GET", "/nope", 404, ""},
+		{"DELETE", "/v1/payments/pay_1", 405, "GET"},
+		{"PUT", "/v1/payments", 405, "GET, POST"},
+		{"POST", "/health/ready", 405, "GET"},
 	} {
 		r := httptest.NewRequest(tt.method, tt.path, nil)
 		r.Header.Set("Authorization", "Bearer key_a")
@@ -428,6 +431,9 @@ func TestRouter_UnknownRoutesAndMethodsAreProblems(t *testing.T) {
 		h.ServeHTTP(rec, r)
 		if rec.Code != tt.want {
 			t.Errorf("%s %s: %d, want %d", tt.method, tt.path, rec.Code, tt.want)
+		}
+		if got := rec.Header().Get("Allow"); got != tt.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tt.method, tt.path, got, tt.allow)
 		}
 		decodeProblem(t, rec)
 	}
