@@ -124,6 +124,21 @@ func TestIdempotency_Contract(t *testing.T) {
 		}
 	})
 
+	t.Run("a bad request with a used key is refused as bad, not as a reuse", func(t *testing.T) {
+		pay(t, srv, "key_a", "c-4", body1000)
+		for _, bad := range []struct{ body, wantType string }{
+			{`{"amout":1000,"currency":"usd"}`, "/malformed-request"},
+			{`{"amount":0,"currency":"usd"}`, "/invalid-request"},
+		} {
+			r := pay(t, srv, "key_a", "c-4", bad.body)
+			var prob struct{ Type string }
+			json.Unmarshal(r.body, &prob)
+			if !strings.HasSuffix(prob.Type, bad.wantType) {
+				t.Errorf("%s with a completed key: %d %s, want %s as without Redis", bad.body, r.status, r.body, bad.wantType)
+			}
+		}
+	})
+
 	t.Run("clients have their own keys and payments", func(t *testing.T) {
 		a := decodePayment(t, pay(t, srv, "key_a", "shared", body1000))
 		b := decodePayment(t, pay(t, srv, "key_b", "shared", body1000))

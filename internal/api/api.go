@@ -99,6 +99,7 @@ func idempotent(d Deps, create http.HandlerFunc) http.HandlerFunc {
 		Scope:    func(r *http.Request) string { return ClientIDFrom(r.Context()) },
 		Route:    paymentsRoute,
 		ValidKey: payments.ValidIdempotencyKey,
+		Valid:    validPaymentRequest,
 		// Charged or declined: the outcomes stored and replayed.
 		Final:    func(status int) bool { return status == http.StatusCreated || status == http.StatusPaymentRequired },
 		InFlight: writeInFlight,

@@ -115,6 +115,14 @@ func (h *paymentHandlers) create(w http.ResponseWriter, r *http.Request) {
 	writeResponse(w, res.Payment.ID, res.Response, res.Replayed)
 }
 
+// validPaymentRequest reports whether create would accept body: it
+// decodes and validates. The idempotency fast path asks first, so that a
+// bad request gets the same 400 or 422 whatever Redis holds for its key.
+func validPaymentRequest(body []byte) bool {
+	var req payments.CreateRequest
+	return decodeStrict(body, &req) == nil && req.Validate() == nil
+}
+
 // writeResponse writes a rendered payment response. Its body is what was
 // stored for the idempotency key (for final outcomes), so a first answer
 // and every replay of it are the same bytes.

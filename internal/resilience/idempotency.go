@@ -255,6 +255,11 @@ type IdempotencyConfig struct {
 	// ValidKey reports whether a key is acceptable; requests without
 	// one pass straight to the handler, which rejects them.
 	ValidKey func(string) bool
+	// Valid reports whether the handler would accept the body. Others
+	// pass straight to the handler, which refuses them: a malformed
+	// request is refused as malformed, whatever Redis holds for its key,
+	// just as it is when Redis is down.
+	Valid func(body []byte) bool
 	// Final reports whether a response status is a completed outcome to
 	// store and replay. Anything else (validation errors, 409, 429, 503,
 	// an outcome still unknown) leaves the key usable.
@@ -317,9 +322,13 @@ func (i *Idempotency) Middleware(next http.Handler) http.Handler {
 			return
 		}
 		body, complete := peekBody(r, c.MaxBody)
+		if !complete || !c.Valid(body) {
+			next.ServeHTTP(w, r) // too large or invalid: the handler says so
+			return
+		}
 		fingerprint, err := Fingerprint(r.Method, c.Route, c.Scope(r), body)
-		if !complete || err != nil {
-			next.ServeHTTP(w, r) // too large or not JSON: the handler says so
+		if err != nil {
+			next.ServeHTTP(w, r)
 			return
 		}
 		scope, ctx := c.Scope(r), r.Context()
