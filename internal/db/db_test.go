@@ -452,3 +452,21 @@ func TestPayments_ReplicaFallsBackToPrimary(t *testing.T) {
 		t.Errorf("List with a broken replica: %d payments, %v", len(page), err)
 	}
 }
+
+func TestPayments_LaggingReplicaFallsBackToPrimary(t *testing.T) {
+	// A replica that has not caught up: an empty database of its own.
+	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), open(t, testenv.NewDatabase(t)))
+	ctx := context.Background()
+	older := claim(t, repo, newPayment("c", "k1"), "t", lease).Payment
+	newer := claim(t, repo, newPayment("c", "k2"), "t", lease).Payment
+	if _, err := repo.Get(ctx, "c", newer.ID); err != nil {
+		t.Errorf("Get of a payment the replica lacks: %v", err)
+	}
+	page, _, err := repo.List(ctx, "c", 10, newer.ID)
+	if err != nil || len(page) != 1 || page[0].ID != older.ID {
+		t.Errorf("List after a cursor the replica lacks: %v, %v; want [%s]", ids(page), err, older.ID)
+	}
+	if _, _, err := repo.List(ctx, "c", 10, "pay_nobody"); !errors.Is(err, db.ErrCursorNotFound) {
+		t.Errorf("a cursor neither has: %v, want ErrCursorNotFound", err)
+	}
+}

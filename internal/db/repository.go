@@ -251,10 +251,12 @@ func (r *Payments) Get(ctx context.Context, clientID, id string) (Payment, error
 
 // List returns up to limit of the client's payments, newest first, starting
 // after the payment startingAfter (if not empty), and whether more follow.
-// It reads the replica, falling back to the primary if the replica fails.
+// It reads the replica, falling back to the primary if the replica fails or
+// lacks the cursor: a client paging from a payment it just created must not
+// be told its cursor does not exist because the replica lags.
 func (r *Payments) List(ctx context.Context, clientID string, limit int, startingAfter string) ([]Payment, bool, error) {
 	payments, hasMore, err := r.list(ctx, r.replica, clientID, limit, startingAfter)
-	if err != nil && r.replica != r.primary && !errors.Is(err, ErrCursorNotFound) {
+	if err != nil && r.replica != r.primary {
 		payments, hasMore, err = r.list(ctx, r.primary, clientID, limit, startingAfter)
 	}
 	return payments, hasMore, err
