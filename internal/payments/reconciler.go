@@ -88,10 +88,18 @@ func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer
 	return r, nil
 }
 
+// resignTimeout bounds giving up the leadership when Run ends.
+const resignTimeout = 2 * time.Second
+
 // Run scans every cfg.Every until ctx ends, then resigns the leadership.
 func (r *Reconciler) Run(ctx context.Context) {
 	defer func() {
-		if err := r.leader.Resign(context.WithoutCancel(ctx)); err != nil {
+		// Resigning frees the lock for another replica at once; bounded,
+		// so a hung database cannot hold up shutdown. If it fails, the
+		// lock goes when this process's session ends.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resignTimeout)
+		defer cancel()
+		if err := r.leader.Resign(ctx); err != nil {
 			r.log.Warn("resign reconciler leadership", "err", err)
 		}
 		r.isLeader.Set(0)
