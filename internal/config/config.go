@@ -240,8 +240,12 @@ func (c Config) check() []error {
 	if c.RetryMaxDelay < c.RetryBaseDelay {
 		errs = append(errs, fmt.Errorf("RETRY_MAX_DELAY=%s must not be shorter than RETRY_BASE_DELAY=%s", c.RetryMaxDelay, c.RetryBaseDelay))
 	}
-	if c.ProviderTimeout > c.RequestTimeout && c.RequestTimeout != 0 {
-		errs = append(errs, fmt.Errorf("PROVIDER_TIMEOUT=%s must not exceed REQUEST_TIMEOUT=%s", c.ProviderTimeout, c.RequestTimeout))
+	// No provider attempt starts with less than PROVIDER_TIMEOUT left
+	// before its request's deadline. Were the two equal, the time every
+	// request spends before the call (a database write, a queue) would
+	// leave too little, and every payment would be refused.
+	if c.ProviderTimeout >= c.RequestTimeout && c.RequestTimeout != 0 {
+		errs = append(errs, fmt.Errorf("PROVIDER_TIMEOUT=%s must be shorter than REQUEST_TIMEOUT=%s, or no request has time for a provider attempt", c.ProviderTimeout, c.RequestTimeout))
 	}
 	return errs
 }

@@ -82,7 +82,8 @@ func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
 		{"too many attempts", map[string]string{"RETRY_MAX_ATTEMPTS": "50"}, "RETRY_MAX_ATTEMPTS=50: out of range [1, 10]"},
 		{"provider url no host", map[string]string{"PROVIDER_URL": "http://"}, "PROVIDER_URL=(hidden): no host"},
 		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
-		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s must not exceed REQUEST_TIMEOUT=10s"},
+		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s must be shorter than REQUEST_TIMEOUT=10s"},
+		{"provider timeout equal to request timeout", map[string]string{"PROVIDER_TIMEOUT": "10s"}, "PROVIDER_TIMEOUT=10s must be shorter than REQUEST_TIMEOUT=10s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

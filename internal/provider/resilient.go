@@ -23,9 +23,13 @@ type Protections struct {
 //
 // The order matters. The bulkhead bounds how many calls wait at all, so it
 // comes first. The egress limit spends one token per payment, not per
-// attempt. Retries go through the breaker, so an open breaker stops them;
-// and each attempt has its own timeout inside the breaker, so a timeout
-// counts as the provider's failure.
+// attempt: retries take none, though each spends the provider's quota too;
+// the retry budget is what bounds them. Retries go through the breaker, so
+// an open breaker stops them; and each attempt has its own timeout inside
+// the breaker, so a timeout counts as the provider's failure. That needs a
+// whole attempt timeout left before the caller's deadline: the retrier
+// starts no attempt without it, and the egress limit waits no longer than
+// leaves it.
 //
 // Resilient has the same methods as Client: the payments service takes
 // either and cannot tell.
@@ -41,9 +45,10 @@ func NewResilient(c *Client, p Protections) *Resilient {
 
 // Charge is Client.Charge behind the protections. Its errors keep the
 // client's taxonomy: a refusal by a protection before anything was sent
-// (bulkhead full, breaker open, no quota left) matches ErrNotSent; and once
-// any attempt may have reached the provider, the call's error matches
-// ErrOutcomeUnknown, whatever later attempts met.
+// (bulkhead full, breaker open, no quota left, too little time left for an
+// attempt) matches ErrNotSent; and once any attempt may have reached the
+// provider, the call's error matches ErrOutcomeUnknown, whatever later
+// attempts met.
 func (r *Resilient) Charge(ctx context.Context, req ChargeRequest) (Charge, error) {
 	var ch Charge
 	err := r.call(ctx, "charge", func(ctx context.Context) error {
@@ -69,9 +74,10 @@ func (r *Resilient) FindCharge(ctx context.Context, idempotencyKey string) (Char
 }
 
 // Admit reports whether a call would be refused right now without reaching
-// the provider (bulkhead full, breaker open), as an error matching
-// ErrNotSent. The payments service asks before it writes anything for a
-// new payment: under overload, refusing costs nothing but this check.
+// the provider (bulkhead full, breaker open or its half-open probes all
+// taken), as an error matching ErrNotSent. The payments service asks before
+// it writes anything for a new payment: under overload, refusing costs
+// nothing but this check.
 func (r *Resilient) Admit() error {
 	switch {
 	case r.p.Bulkhead.Full():
@@ -87,7 +93,7 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 	// waits for the work it started, so the write happens before the read.
 	mayHaveSent := false
 	err := r.p.Bulkhead.Submit(ctx, func(ctx context.Context) error {
-		if err := r.p.Egress.Wait(ctx); err != nil {
+		if err := r.waitForQuota(ctx); err != nil {
 			return err
 		}
 		return r.p.Retrier.Do(ctx, func(ctx context.Context) error {
@@ -116,6 +122,25 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 	}
 	// Refused by a protection before any attempt: nothing was sent.
 	return &Error{Op: op, Err: err}
+}
+
+// waitForQuota waits for the egress limit, but only while a whole attempt
+// could still follow before ctx's deadline: a token granted later would be
+// spent on a call the retrier then refuses to start. Failing at once also
+// frees the caller sooner.
+func (r *Resilient) waitForQuota(ctx context.Context) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return r.p.Egress.Wait(ctx)
+	}
+	waitCtx, cancel := context.WithDeadline(ctx, deadline.Add(-r.client.timeout))
+	defer cancel()
+	err := r.p.Egress.Wait(waitCtx)
+	if err != nil && ctx.Err() == nil && waitCtx.Err() != nil {
+		// Our shortened deadline had passed, not the caller's.
+		return fmt.Errorf("%w (before waiting for provider quota)", resilience.ErrDeadlineTooClose)
+	}
+	return err
 }
 
 // BreakerOutcome tells the circuit breaker what a provider error says

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +22,8 @@ import (
 
 type resilientSettings struct {
 	workers, queue int
+	egressRate     float64 // provider calls a second
+	egressBurst    int
 	breaker        resilience.BreakerSettings
 	policy         resilience.RetryPolicy
 }
@@ -26,6 +31,7 @@ type resilientSettings struct {
 func defaults() resilientSettings {
 	return resilientSettings{
 		workers: 4, queue: 4,
+		egressRate: 1000, egressBurst: 100,
 		breaker: resilience.BreakerSettings{
 			Name: "provider", Window: 10 * time.Second, MinRequests: 4, FailureRatio: 0.5,
 			OpenTimeout: time.Minute, HalfOpenProbes: 1,
@@ -55,7 +61,7 @@ func newResilient(t *testing.T, url string, s resilientSettings) (*provider.Resi
 	must(err)
 	retrier, err := resilience.NewRetrier("provider", s.policy, budget, provider.RetryVerdict, reg)
 	must(err)
-	egress, err := resilience.NewEgressLimiter("provider", 1000, 100, reg)
+	egress, err := resilience.NewEgressLimiter("provider", s.egressRate, s.egressBurst, reg)
 	must(err)
 	bulkhead, err := resilience.NewBulkhead("provider", s.workers, s.queue, reg)
 	must(err)
@@ -63,6 +69,20 @@ func newResilient(t *testing.T, url string, s resilientSettings) (*provider.Resi
 	return provider.NewResilient(client, provider.Protections{
 		Bulkhead: bulkhead, Egress: egress, Retrier: retrier, Breaker: breaker,
 	}), bulkhead
+}
+
+// countedFakeProvider serves a fake provider, counting the requests that
+// reach it.
+func countedFakeProvider(t *testing.T) (*fakeprovider.Provider, string, *atomic.Int64) {
+	t.Helper()
+	fake := fakeprovider.New()
+	var requests atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return fake, srv.URL, &requests
 }
 
 // sequence returns a random source yielding values in order, then 0.99.
@@ -98,7 +118,7 @@ func TestResilient_RetriesAnAmbiguousFailureIntoOneCharge(t *testing.T) {
 }
 
 func TestResilient_OpenBreakerFailsFastAsNotSent(t *testing.T) {
-	fake, url := testenv.NewFakeProvider(t)
+	fake, url, requests := countedFakeProvider(t)
 	if err := fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +129,7 @@ func TestResilient_OpenBreakerFailsFastAsNotSent(t *testing.T) {
 	for i := range 4 { // trips the breaker: every attempt fails
 		_, _ = r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_" + string(rune('a'+i)), Amount: 1, Currency: "usd"})
 	}
-	start := time.Now()
+	before := requests.Load()
 	_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_x", Amount: 1, Currency: "usd"})
 	if !errors.Is(err, resilience.ErrBreakerOpen) || !errors.Is(err, provider.ErrNotSent) {
 		t.Fatalf("err = %v, want ErrBreakerOpen and ErrNotSent", err)
@@ -117,8 +137,56 @@ func TestResilient_OpenBreakerFailsFastAsNotSent(t *testing.T) {
 	if errors.Is(err, provider.ErrOutcomeUnknown) {
 		t.Errorf("a call refused by the breaker also claims an unknown outcome: %v", err)
 	}
-	if took := time.Since(start); took > 50*time.Millisecond {
-		t.Errorf("an open breaker took %s to refuse, want milliseconds", took)
+	// Fast, without a clock: it neither waited for the provider nor for a
+	// retry (breaker-open is never retried, see the retrier's tests).
+	if n := requests.Load() - before; n != 0 {
+		t.Errorf("an open breaker let %d requests reach the provider", n)
+	}
+}
+
+func TestResilient_NoTimeForAnAttemptIsNotSent(t *testing.T) {
+	// What a request has left after queueing in the bulkhead, say: less
+	// than one attempt timeout. An attempt now would be cut short by the
+	// caller's deadline, which the breaker does not count against a hung
+	// provider, and would leave the payment's outcome unknown.
+	_, url, requests := countedFakeProvider(t)
+	s := defaults()
+	r, _ := newResilient(t, url, s)
+	ctx, cancel := context.WithTimeout(context.Background(), s.policy.AttemptTimeout/2)
+	defer cancel()
+	_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"})
+	if !errors.Is(err, resilience.ErrDeadlineTooClose) || !errors.Is(err, provider.ErrNotSent) {
+		t.Fatalf("err = %v, want ErrDeadlineTooClose and ErrNotSent", err)
+	}
+	if errors.Is(err, provider.ErrOutcomeUnknown) {
+		t.Errorf("err = %v also claims an unknown outcome", err)
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("%d requests reached the provider, want none", n)
+	}
+}
+
+func TestResilient_WaitsForQuotaOnlyWhileAnAttemptCouldFollow(t *testing.T) {
+	_, url, requests := countedFakeProvider(t)
+	s := defaults()
+	s.egressRate, s.egressBurst = 0.1, 1 // after the first call, the next token is 10s away
+	r, _ := newResilient(t, url, s)
+	if _, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"}); err != nil {
+		t.Fatal(err)
+	}
+	// Less than the 10s to the next token, but more than an attempt
+	// timeout (1s). The caller's deadline alone would let the call wait
+	// for ten seconds; what an attempt needs after the wait leaves it
+	// none. Refused at once for lack of quota, not after a wait whose
+	// token no attempt could use.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second+s.policy.AttemptTimeout/2)
+	defer cancel()
+	_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_2", Amount: 1, Currency: "usd"})
+	if !errors.Is(err, resilience.ErrRateLimited) || !errors.Is(err, provider.ErrNotSent) {
+		t.Fatalf("err = %v, want ErrRateLimited and ErrNotSent", err)
+	}
+	if n := requests.Load(); n != 1 {
+		t.Errorf("%d requests reached the provider, want only the first call's", n)
 	}
 }
 

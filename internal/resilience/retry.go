@@ -19,12 +19,19 @@ type RetryPolicy struct {
 	// MaxRetryAfter caps how long a dependency's Retry-After may make
 	// us wait; past it the call gives up instead.
 	MaxRetryAfter time.Duration
-	// AttemptTimeout is how long one attempt may take. A retry is not
-	// started unless this much time is left before the call's deadline:
-	// an attempt cut short by the deadline is wasted load, and for a
-	// payment it is one more unknown outcome.
+	// AttemptTimeout is how long one attempt may take. No attempt, the
+	// first included, is started unless this much time is left before the
+	// call's deadline: an attempt cut short by the deadline is wasted
+	// load, for a payment it is one more unknown outcome, and a circuit
+	// breaker cannot count it (it ended with the caller's context, not its
+	// own timeout), so a dependency that hangs would never trip it.
 	AttemptTimeout time.Duration
 }
+
+// ErrDeadlineTooClose means Retrier.Do gave up before the first attempt:
+// less than the attempt timeout was left before the call's deadline, so
+// nothing was sent.
+var ErrDeadlineTooClose = errors.New("too little time left before the deadline for an attempt")
 
 // Verdict is a classifier's judgement of a failed attempt.
 type Verdict struct {
@@ -65,7 +72,7 @@ func NewRetrier(name string, p RetryPolicy, budget *RetryBudget, classify func(e
 		name: name, policy: p, budget: budget, classify: classify, random: rand.Float64,
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "payservice_retry_attempts_total",
-			Help:        "Attempts of retried calls, by outcome: success, retried (failed, tried again), or final (failed, given up) with the reason.",
+			Help:        "Attempts of retried calls, by outcome: success, retried (failed, tried again), or final (failed, given up) with the reason; and not_started, calls given up before their first attempt for lack of time.",
 			ConstLabels: prometheus.Labels{"name": name},
 		}, []string{"outcome"}),
 	}
@@ -83,10 +90,18 @@ func (r *Retrier) WithRandom(random func() float64) *Retrier {
 
 // Do calls fn until it succeeds, its error is not worth retrying, the
 // attempts or the budget run out, or ctx's deadline is too close for
-// another attempt. It returns fn's last error. It returns at once when ctx
-// ends, even while waiting to retry.
+// another attempt. It returns fn's last error, or ErrDeadlineTooClose if
+// the deadline was too close for even the first. It returns at once when
+// ctx ends, even while waiting to retry.
 func (r *Retrier) Do(ctx context.Context, fn func(context.Context) error) error {
-	r.budget.recordCall()
+	// The caller may have spent most of its time before calling us, in a
+	// queue or waiting for quota: the first attempt needs the check as
+	// much as the retries do.
+	if left, late := r.tooLate(ctx, 0); late {
+		r.attempts.WithLabelValues("not_started").Inc()
+		return fmt.Errorf("%w: %s left, an attempt may take %s", ErrDeadlineTooClose, left.Round(time.Millisecond), r.policy.AttemptTimeout)
+	}
+	r.budget.recordCall() // only calls that reach the dependency earn retries
 	for attempt := 1; ; attempt++ {
 		err := fn(ctx)
 		if err == nil {
@@ -103,6 +118,11 @@ func (r *Retrier) Do(ctx context.Context, fn func(context.Context) error) error 
 			// Both stay visible to errors.Is: the caller's cancellation,
 			// and what the dependency last said (was it sent or not).
 			return fmt.Errorf("%w while waiting to retry; last attempt: %w", serr, err)
+		}
+		// next made sure there would be time, but a timer on a loaded
+		// machine can fire late: give up as next would have.
+		if _, late := r.tooLate(ctx, 0); late {
+			return err
 		}
 	}
 }
@@ -128,13 +148,26 @@ func (r *Retrier) next(ctx context.Context, attempt int, err error) (time.Durati
 		return 0, "retry_after"
 	}
 	wait := max(r.backoff(attempt), v.After)
-	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait+r.policy.AttemptTimeout {
+	if _, late := r.tooLate(ctx, wait); late {
+		// Give up now rather than after a wait that cannot end in an
+		// attempt: the caller gets its answer sooner.
 		return 0, "deadline"
 	}
 	if !r.budget.withdraw() {
 		return 0, "budget"
 	}
 	return wait, ""
+}
+
+// tooLate reports whether an attempt started after wait could not run for
+// the whole AttemptTimeout before ctx's deadline, and the time left now.
+func (r *Retrier) tooLate(ctx context.Context, wait time.Duration) (left time.Duration, late bool) {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return 0, false
+	}
+	left = time.Until(deadline)
+	return left, left < wait+r.policy.AttemptTimeout
 }
 
 // backoff is the full-jitter delay before retry number attempt (1-based).
@@ -169,9 +202,17 @@ func sleep(ctx context.Context, d time.Duration) error {
 // holds at most Capacity tokens, so a long calm spell cannot save up a
 // burst of retries for the next outage.
 //
-// Against a dependency that always fails, callers make at most
-// 1 + Ratio attempts per call (plus the floor and what was saved), instead
-// of MaxAttempts.
+// Against a dependency that always fails, callers making R calls a second
+// make, in the long run,
+//
+//	min(MaxAttempts, 1 + Ratio + MinPerSecond/R)
+//
+// attempts per call instead of MaxAttempts (what was saved, at most
+// Capacity, comes on top once). The floor is a number of retries a second,
+// not a fraction of calls, so it matters at low rates only: with Ratio 0.2
+// and a floor of 5/s that is 1.225 at 200 calls/s and 1.45 at 20/s, and
+// below about 3 calls/s every call makes all its attempts. There is little
+// load to amplify then, and a quiet service keeps its retries.
 type RetryBudget struct {
 	ratio, perSecond, capacity float64
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -92,32 +94,76 @@ func TestRetry_NeverStartsAnAttemptThatCannotFinishBeforeTheDeadline(t *testing.
 	synctest.Test(t, func(t *testing.T) {
 		p := defaultPolicy
 		p.MaxAttempts = 100
+		p.AttemptTimeout = 250 * time.Millisecond
+		// No jitter: the waits are 100, 200, 400ms..., and with attempts of
+		// 200ms the attempts would start at 0, 300, 700 and 1300ms. With
+		// the deadline at 1450ms the fourth would have only 150ms left.
 		r := newTestRetrier(t, p, nil, retryAll).WithRandom(func() float64 { return 1 })
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 1450*time.Millisecond)
 		defer cancel()
 		deadline, _ := ctx.Deadline()
 		start := time.Now()
-		var starts []time.Time
+		var starts []time.Duration
 		err := r.Do(ctx, func(ctx context.Context) error {
-			starts = append(starts, time.Now())
-			time.Sleep(200 * time.Millisecond) // each attempt takes a while
+			starts = append(starts, time.Since(start))
+			time.Sleep(200 * time.Millisecond)
 			return errRetryable
 		})
 		if !errors.Is(err, errRetryable) {
-			t.Fatalf("err = %v", err)
+			t.Fatalf("err = %v, want the last attempt's error", err)
 		}
 		for i, s := range starts {
-			if deadline.Sub(s) < p.AttemptTimeout {
-				t.Errorf("attempt %d started %s before the deadline, less than the attempt timeout %s", i+1, deadline.Sub(s), p.AttemptTimeout)
+			if left := deadline.Sub(start.Add(s)); left < p.AttemptTimeout {
+				t.Errorf("attempt %d started with %s left before the deadline, less than the attempt timeout %s", i+1, left, p.AttemptTimeout)
 			}
 		}
-		if elapsed := time.Since(start); elapsed > 2*time.Second {
-			t.Errorf("Do returned after %s, past the deadline", elapsed)
+		if want := []time.Duration{0, 300 * time.Millisecond, 700 * time.Millisecond}; !slices.Equal(starts, want) {
+			t.Errorf("attempts started at %v, want %v", starts, want)
 		}
-		if len(starts) < 3 {
-			t.Errorf("only %d attempts in 2s", len(starts))
+		// Not after waiting 400ms for a retry that could not be made.
+		if elapsed := time.Since(start); elapsed != 900*time.Millisecond {
+			t.Errorf("Do returned %s after the start, want 900ms, when the third attempt failed", elapsed)
 		}
 	})
+}
+
+func TestRetry_StartsTheFirstAttemptOnlyWithTimeForIt(t *testing.T) {
+	tests := []struct {
+		name    string
+		left    time.Duration // of the caller's deadline, when it calls Do
+		wantRun bool
+	}{
+		{"a whole attempt timeout left", defaultPolicy.AttemptTimeout, true},
+		{"a millisecond less", defaultPolicy.AttemptTimeout - time.Millisecond, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reg := prometheus.NewRegistry()
+				r, err := NewRetrier("dep", defaultPolicy, newBudget(t, reg, 1, 0, 1e9), retryAll, reg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// What a caller has left after, say, a wait in a queue.
+				ctx, cancel := context.WithTimeout(context.Background(), tt.left)
+				defer cancel()
+				ran := false
+				err = r.Do(ctx, func(context.Context) error { ran = true; return nil })
+				if ran != tt.wantRun {
+					t.Fatalf("attempt made: %v, want %v", ran, tt.wantRun)
+				}
+				if tt.wantRun {
+					return
+				}
+				if !errors.Is(err, ErrDeadlineTooClose) {
+					t.Errorf("err = %v, want ErrDeadlineTooClose", err)
+				}
+				if got := metricValue(t, reg, "payservice_retry_attempts_total", map[string]string{"outcome": "not_started"}); got != 1 {
+					t.Errorf("not_started attempts = %v, want 1", got)
+				}
+			})
+		})
+	}
 }
 
 func TestRetry_ReturnsAtOnceWhenCancelledWhileWaiting(t *testing.T) {
@@ -182,7 +228,10 @@ func TestRetry_HonoursRetryAfterUpToItsCap(t *testing.T) {
 }
 
 // TestRetryBudget_CapsAmplification measures attempts per call against a
-// dependency that always fails, with and without the shared budget.
+// dependency that always fails, with and without the shared budget, all at
+// one instant: the limit at high call rates, where the budget's floor adds
+// next to nothing. TestRetryBudget_AmplificationDependsOnTheCallRate
+// measures what the floor adds at lower rates.
 func TestRetryBudget_CapsAmplification(t *testing.T) {
 	const calls = 1000
 	measure := func(t *testing.T, budget *RetryBudget) float64 {
@@ -216,6 +265,43 @@ func TestRetryBudget_CapsAmplification(t *testing.T) {
 			t.Errorf("with the budget: %.3f attempts per call, want ≤ 1.25", budgeted)
 		}
 	})
+}
+
+// TestRetryBudget_AmplificationDependsOnTheCallRate measures attempts per
+// call against a dependency that always fails, with time passing between
+// calls as it does in production, so that the budget's floor refills. The
+// budget promises min(MaxAttempts, 1 + ratio + floor/rate), plus the
+// capacity saved before the outage spread over the calls: the floor
+// dominates at low rates.
+func TestRetryBudget_AmplificationDependsOnTheCallRate(t *testing.T) {
+	const (
+		ratio, floor, capacity = 0.2, 5, 10 // the RETRY_BUDGET_* defaults
+		period                 = 10 * time.Second
+	)
+	for _, perSecond := range []float64{200, 20, 2} {
+		t.Run(fmt.Sprintf("%g calls a second", perSecond), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				budget := newBudget(t, prometheus.NewRegistry(), ratio, floor, capacity)
+				r := newTestRetrier(t, defaultPolicy, budget, retryAll).WithRandom(func() float64 { return 0 })
+				calls := int(perSecond * period.Seconds())
+				attempts := 0
+				for range calls {
+					_ = r.Do(context.Background(), func(context.Context) error { attempts++; return errRetryable })
+					time.Sleep(time.Duration(float64(time.Second) / perSecond))
+				}
+				got := float64(attempts) / float64(calls)
+				want := min(float64(defaultPolicy.MaxAttempts), 1+ratio+floor/perSecond+capacity/float64(calls))
+				t.Logf("%g calls/s for %s: %.3f attempts per call (min(%d, 1 + %g + %g/%g + %g/%d) = %.3f)",
+					perSecond, period, got, defaultPolicy.MaxAttempts, ratio, float64(floor), perSecond, float64(capacity), calls, want)
+				if math.Abs(got-want) > 0.01 {
+					t.Errorf("%.3f attempts per call, want %.3f", got, want)
+				}
+				if perSecond >= 200 && got > 1.25 {
+					t.Errorf("%.3f attempts per call at %g calls/s, want ≤ 1.25", got, perSecond)
+				}
+			})
+		})
+	}
 }
 
 func TestRetryBudget_FloorRefillsOverTime(t *testing.T) {
