@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -230,13 +231,19 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 
 // parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date
 // (RFC 9110 §10.2.3). It returns 0 when the header is absent or invalid.
+//
+// A delay too long for a time.Duration (about 292 years) saturates at the
+// longest one. Multiplied out, it would wrap around to a negative
+// duration: below any cap on how long we wait, and read as "retry now".
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if secs, err := strconv.Atoi(v); err == nil {
-		if secs < 0 {
-			return 0
+	// delay-seconds is 1*DIGIT, which ParseUint accepts, and no more (no
+	// sign); on a number too large for a uint64 it reports ErrRange.
+	if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+		if secs > uint64(math.MaxInt64/time.Second) {
+			return math.MaxInt64
 		}
 		return time.Duration(secs) * time.Second
 	}

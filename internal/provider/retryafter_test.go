@@ -1,6 +1,7 @@
 package provider
 
 import (
+	"math"
 	"net/http"
 	"testing"
 	"time"
@@ -17,6 +18,11 @@ func TestParseRetryAfter(t *testing.T) {
 		{"0", 0},
 		{"-1", 0},
 		{"soon", 0},
+		{"+3", 0}, // delay-seconds has no sign
+		// Too long for a time.Duration: the longest one, not a wrapped
+		// negative value that would pass any cap and mean "retry now".
+		{"10000000000", math.MaxInt64},
+		{"99999999999999999999999", math.MaxInt64}, // beyond even a uint64
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0}, // in the past
 	}
