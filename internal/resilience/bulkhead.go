@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -47,11 +48,53 @@ type Bulkhead struct {
 }
 
 type job struct {
-	ctx  context.Context
-	fn   func(context.Context) error
-	err  error
-	done chan struct{}
-	elem *list.Element // in the queue while not nil; guarded by Bulkhead.mu
+	ctx      context.Context
+	fn       func(context.Context) error
+	err      error
+	panicked *panicError // fn's panic, if it panicked
+	done     chan struct{}
+	elem     *list.Element // in the queue while not nil; guarded by Bulkhead.mu
+}
+
+// run calls fn, recovering a panic: nothing recovers panics on a worker's
+// goroutine (net/http does only on its handlers'), so one would kill the
+// process.
+func (j *job) run() {
+	defer func() {
+		if v := recover(); v != nil {
+			j.panicked = &panicError{value: v, stack: debug.Stack()}
+		}
+	}()
+	j.err = j.fn(j.ctx)
+}
+
+// result is what Submit returns for a finished job. A panic in fn is
+// raised again here, on the caller's goroutine, where it would have been
+// had the caller run fn itself: an HTTP handler's recovery then answers
+// 500, and the worker lives on.
+func (j *job) result() error {
+	if j.panicked != nil {
+		panic(j.panicked)
+	}
+	return j.err
+}
+
+// panicError is a panic carried from a worker to the Submit caller, with
+// the worker's stack, which the panic raised again would otherwise lose
+// (as golang.org/x/sync/singleflight does).
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (p *panicError) Error() string {
+	return fmt.Sprintf("panic in bulkhead work: %v\n\nworker stack:\n%s", p.value, p.stack)
+}
+
+// Unwrap exposes the panic value when it is an error.
+func (p *panicError) Unwrap() error {
+	err, _ := p.value.(error)
+	return err
 }
 
 // NewBulkhead starts workers goroutines that take work from a queue of at
@@ -87,7 +130,8 @@ func NewBulkhead(name string, workers, queueSize int, reg prometheus.Registerer)
 // Submit runs fn on a worker and returns its error. It returns
 // ErrBulkheadFull at once when the queue is full, and ctx's error if ctx
 // ends while fn is still queued (fn then never runs). Once fn has started,
-// Submit waits for it to finish.
+// Submit waits for it to finish; if fn panics, Submit panics with the
+// panic and the worker's stack.
 func (b *Bulkhead) Submit(ctx context.Context, fn func(context.Context) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -112,7 +156,7 @@ func (b *Bulkhead) Submit(ctx context.Context, fn func(context.Context) error) e
 
 	select {
 	case <-j.done:
-		return j.err
+		return j.result()
 	case <-ctx.Done():
 	}
 	b.mu.Lock()
@@ -125,7 +169,7 @@ func (b *Bulkhead) Submit(ctx context.Context, fn func(context.Context) error) e
 	}
 	b.mu.Unlock()
 	<-j.done // already running: it has ctx, and will end
-	return j.err
+	return j.result()
 }
 
 // work is one worker: it runs queued jobs until the bulkhead is closed and
@@ -147,13 +191,16 @@ func (b *Bulkhead) work() {
 		b.inFlightGauge.Set(float64(b.inFlight))
 		b.mu.Unlock()
 
-		j.err = j.fn(j.ctx)
-		close(j.done)
+		j.run()
 
 		b.mu.Lock()
 		b.inFlight--
 		b.inFlightGauge.Set(float64(b.inFlight))
 		b.mu.Unlock()
+		// Only now release the caller: once Submit returns, the job's slot
+		// must be free, or a caller submitting again at once could be
+		// refused by an idle bulkhead.
+		close(j.done)
 	}
 }
 
