@@ -54,6 +54,7 @@ const windowBuckets = 10
 type Breaker struct {
 	cb       *gobreaker.CircuitBreaker[struct{}]
 	classify func(error) Outcome
+	probes   uint32 // BreakerSettings.HalfOpenProbes
 }
 
 // excluded marks an error the breaker must not count.
@@ -76,7 +77,7 @@ func NewBreaker(s BreakerSettings, classify func(error) Outcome, reg prometheus.
 		ConstLabels: prometheus.Labels{"name": s.Name},
 	}, []string{"from", "to"})
 
-	b := &Breaker{classify: classify}
+	b := &Breaker{classify: classify, probes: s.HalfOpenProbes}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         s.Name,
 		MaxRequests:  s.HalfOpenProbes,
@@ -150,8 +151,21 @@ func (b *Breaker) State() string { return b.cb.State().String() }
 
 // Open reports whether the breaker would refuse a call now, without
 // calling anything: for shedding load before doing work a refused call
-// would waste.
-func (b *Breaker) Open() bool { return b.cb.State() == gobreaker.StateOpen }
+// would waste. That is while it is open, and while it is half-open with
+// every probe taken: a caller let through then would only be refused
+// later, after the work. It is a snapshot, like gobreaker's own State.
+func (b *Breaker) Open() bool {
+	switch b.cb.State() {
+	case gobreaker.StateOpen:
+		return true
+	case gobreaker.StateHalfOpen:
+		// gobreaker's own test before a call: a probe whose outcome was
+		// excluded (its caller gave up) hands its slot back.
+		c := b.cb.Counts()
+		return c.Requests-min(c.Requests, c.TotalExclusions) >= b.probes
+	}
+	return false
+}
 
 // registerAll registers collectors, stopping at the first error.
 func registerAll(reg prometheus.Registerer, cs ...prometheus.Collector) error {

@@ -164,6 +164,45 @@ func TestBreaker_HalfOpenLimitsProbesThenRecovers(t *testing.T) {
 	})
 }
 
+func TestBreaker_OpenWhileHalfOpenWithEveryProbeTaken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, _, _ := newTestBreaker(t, defaultBreaker)
+		calls(b, 10, errServer)
+		if !b.Open() {
+			t.Fatal("Open() = false with the breaker open")
+		}
+		time.Sleep(defaultBreaker.OpenTimeout + time.Millisecond)
+
+		// Half-open, Open() answers whether Execute would refuse a call:
+		// not while a probe slot is free, yes once every one is taken.
+		release := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range defaultBreaker.HalfOpenProbes {
+			if b.Open() {
+				t.Fatalf("Open() = true half-open with %d of %d probes taken", i, defaultBreaker.HalfOpenProbes)
+			}
+			wg.Go(func() {
+				_ = b.Execute(context.Background(), func(context.Context) error {
+					<-release
+					return nil
+				})
+			})
+			synctest.Wait()
+		}
+		if !b.Open() {
+			t.Error("Open() = false half-open with every probe taken, though Execute would refuse")
+		}
+		if reached := calls(b, 1, nil); reached != 0 {
+			t.Fatal("a call beyond the half-open probes reached the dependency")
+		}
+		close(release)
+		wg.Wait()
+		if b.Open() || b.State() != "closed" {
+			t.Errorf("Open() = %v in state %s after the probes succeeded, want false and closed", b.Open(), b.State())
+		}
+	})
+}
+
 func TestBreaker_FailedProbeReopens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b, _, _ := newTestBreaker(t, defaultBreaker)
