@@ -109,10 +109,16 @@ type Decision struct {
 
 // Allow takes a token from key's bucket if it has one.
 func (l *KeyedLimiter) Allow(key string) Decision {
-	now := l.now()
-	sh := &l.shards[maphash.String(l.seed, key)%limiterShards]
+	sh := l.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
+	// The clock is read under the lock, so that the times a shard sees
+	// never go back. Read before it, a call could reach the bucket after a
+	// later one: x/time/rate then rewinds the bucket's last update and
+	// credits the time between the two again, granting tokens it should
+	// not; and the shard's least-recently-used order, which the idle
+	// eviction trusts, would no longer follow the times in it.
+	now := l.now()
 
 	var e *limiterEntry
 	if elem, ok := sh.entries[key]; ok {
@@ -138,6 +144,11 @@ func (l *KeyedLimiter) Allow(key string) Decision {
 		l.rejected.Inc()
 	}
 	return d
+}
+
+// shard returns the shard that holds key's bucket.
+func (l *KeyedLimiter) shard(key string) *limiterShard {
+	return &l.shards[maphash.String(l.seed, key)%limiterShards]
 }
 
 // evict makes room for one more bucket in sh: first every bucket idle long

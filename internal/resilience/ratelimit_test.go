@@ -116,6 +116,29 @@ func TestKeyedLimiter_EvictsOnlyBucketsThatAreFullAgain(t *testing.T) {
 	}
 }
 
+func TestKeyedLimiter_ReadsTheClockUnderTheKeysLock(t *testing.T) {
+	// Two calls for one key that read the clock before taking the lock can
+	// reach the bucket in the opposite order, handing x/time/rate a time
+	// before its last one, which makes it grant too much. Whether that
+	// race happens in a test run is luck; that its precondition cannot
+	// happen is certain: the clock is only read with the lock held.
+	l, c, _ := newTestLimiter(t, 10, 20, 1000)
+	const key = "client_a"
+	reads := 0
+	l.WithClock(func() time.Time {
+		reads++
+		if l.shard(key).mu.TryLock() {
+			l.shard(key).mu.Unlock()
+			t.Error("the clock was read without the key's shard locked")
+		}
+		return c.now()
+	})
+	l.Allow(key)
+	if reads == 0 {
+		t.Fatal("Allow did not read the clock")
+	}
+}
+
 func TestKeyedLimiter_AMillionClientsKeepMemoryBounded(t *testing.T) {
 	const maxKeys = 10_000
 	l, _, _ := newTestLimiter(t, 100, 200, maxKeys)
