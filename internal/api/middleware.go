@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -254,11 +255,12 @@ type RateLimiter interface {
 }
 
 // rateLimit gives each authenticated client its own budget of requests,
-// and each remote address failing authentication another, smaller one, so
-// that neither a noisy client nor a credential-guessing script can starve
-// the others. It never waits: over the limit is a 429 with the time to
-// come back; every answer carries the RateLimit-* headers so well-behaved
-// clients can pace themselves before that.
+// and each remote address (for IPv6, each /64: see anonymousKey) failing
+// authentication another, smaller one, so that neither a noisy client nor
+// a credential-guessing script can starve the others. It never waits:
+// over the limit is a 429 with the time to come back; every answer carries
+// the RateLimit-* headers so well-behaved clients can pace themselves
+// before that.
 //
 // The remote address is the connection's. Behind a load balancer that is
 // the balancer's: key on a trusted X-Forwarded-For hop instead.
@@ -269,11 +271,7 @@ func rateLimit(clients, anonymous RateLimiter) func(http.Handler) http.Handler {
 			if client := ClientIDFrom(r.Context()); client != "" {
 				d = clients.Allow(client)
 			} else {
-				host, _, err := net.SplitHostPort(r.RemoteAddr)
-				if err != nil {
-					host = r.RemoteAddr
-				}
-				d = anonymous.Allow(host)
+				d = anonymous.Allow(anonymousKey(r.RemoteAddr))
 			}
 			d.SetHeaders(w.Header())
 			if !d.Allowed {
@@ -283,6 +281,30 @@ func rateLimit(clients, anonymous RateLimiter) func(http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+// anonymousKey is what an unauthenticated request is limited by: its
+// remote IPv4 address, or the /64 network of an IPv6 one. A /64 is the
+// smallest IPv6 subnet handed out, and a host on it may pick new addresses
+// in it at will (temporary addresses, RFC 8981): keyed per address, one
+// client could rotate through 2^64 fresh budgets. The trade-off is that
+// the hosts of one /64 share a budget, as those behind one NAT do in
+// IPv4. IPv4-mapped IPv6 addresses are keyed as the IPv4 address.
+func anonymousKey(remoteAddr string) string {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	addr = addr.Unmap()
+	if addr.Is4() {
+		return addr.String()
+	}
+	prefix, _ := addr.WithZone("").Prefix(64) // cannot fail: 64 bits of 128
+	return prefix.String()
 }
 
 // deadline bounds every API request. Handlers and everything below them

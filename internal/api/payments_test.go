@@ -561,3 +561,41 @@ func TestAccessLog_NamesTheAuthenticatedClient(t *testing.T) {
 		t.Errorf("access log lacks the client: %s", logs.String())
 	}
 }
+
+func TestRateLimit_FailedAuthenticationIsLimitedPerIPv6Slash64(t *testing.T) {
+	keys := []struct{ remote, want string }{
+		{"192.0.2.1:1234", "192.0.2.1"},
+		{"[::ffff:192.0.2.1]:1234", "192.0.2.1"}, // IPv4-mapped: still one IPv4 address
+		{"[2001:db8:1:2::1]:1234", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1234", "2001:db8:1:2::/64"}, // same /64, another address
+		{"[2001:db8:1:3::1]:1234", "2001:db8:1:3::/64"},
+		{"[fe80::1%eth0]:1234", "fe80::/64"},
+		{"pipe", "pipe"}, // not an address: used as it is
+	}
+	for _, k := range keys {
+		if got := anonymousKey(k.remote); got != k.want {
+			t.Errorf("anonymousKey(%q) = %q, want %q", k.remote, got, k.want)
+		}
+	}
+
+	// A guesser rotating through addresses of its /64 spends one budget.
+	h := newLimitedHandler(t, &recordingService{}, unlimited{}, newKeyedLimiter(t, 0.1, 3))
+	guess := func(addr string) int {
+		r := postPayment(validBody, func(r *http.Request) { r.Header.Set("Authorization", "Bearer guess") })
+		r.RemoteAddr = addr
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		return rec.Code
+	}
+	for i := range 3 {
+		if code := guess(fmt.Sprintf("[2001:db8:1:2::%x]:1234", i+1)); code != 401 {
+			t.Fatalf("guess %d: %d, want 401", i+1, code)
+		}
+	}
+	if code := guess("[2001:db8:1:2:ffff::9]:1234"); code != 429 {
+		t.Errorf("fourth guess from a new address in the same /64: %d, want 429", code)
+	}
+	if code := guess("[2001:db8:1:3::1]:1234"); code != 401 {
+		t.Errorf("a guess from another /64: %d, want 401", code)
+	}
+}
