@@ -136,7 +136,7 @@ func bind(c *Config) []variable {
 		{name: "RECONCILE_BATCH", def: "100", usage: "payments reconciled per scan", val: intRange(&c.ReconcileBatch, 1, 10000)},
 
 		{name: "PROVIDER_URL", def: "http://localhost:8081", usage: "base URL of the payment provider", val: httpURL(&c.ProviderURL)},
-		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt", val: positiveDuration(&c.ProviderTimeout)},
+		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt; no attempt starts with less time left before REQUEST_TIMEOUT", val: positiveDuration(&c.ProviderTimeout)},
 		{name: "PROVIDER_RATE_LIMIT", def: "100", usage: "provider calls per second, the provider's quota; a call waits for room only within its deadline", val: floatRange(&c.ProviderRateLimit, 0.1, 100000)},
 		{name: "PROVIDER_RATE_BURST", def: "20", usage: "provider calls that may go at once above the steady rate", val: intRange(&c.ProviderRateBurst, 1, 100000)},
 
