@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -28,7 +29,8 @@ type process struct {
 	logs       *logSink
 	api, admin string
 	exited     chan struct{}
-	waitErr    error // valid once exited is closed
+	waitErr    error     // valid once exited is closed
+	exitedAt   time.Time // valid once exited is closed
 }
 
 // startProcess starts bin with exactly env (plus loopback addresses on
@@ -49,6 +51,7 @@ func startProcess(t *testing.T, bin string, env map[string]string) *process {
 	}
 	go func() { // ends when the process does; the cleanup makes sure it does
 		p.waitErr = p.cmd.Wait()
+		p.exitedAt = time.Now() // here, not in wait: tests time the exit from their signal
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
@@ -72,16 +75,25 @@ func (p *process) kill(t *testing.T) {
 	p.wait(t, 10*time.Second)
 }
 
-// wait waits for the process to exit, and returns how long that took.
-func (p *process) wait(t *testing.T, limit time.Duration) time.Duration {
+// signal sends sig to the process and returns when it did.
+func (p *process) signal(t *testing.T, sig os.Signal) time.Time {
 	t.Helper()
-	start := time.Now()
+	sent := time.Now()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	return sent
+}
+
+// wait waits up to limit for the process to exit, and returns when it did.
+func (p *process) wait(t *testing.T, limit time.Duration) (exitedAt time.Time) {
+	t.Helper()
 	select {
 	case <-p.exited:
 	case <-time.After(limit):
 		t.Fatalf("the server did not exit within %s", limit)
 	}
-	return time.Since(start)
+	return p.exitedAt
 }
 
 // exitCode is the process's exit code, or -1 if a signal killed it.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,10 +30,19 @@ import (
 //
 //  1. readiness turns 503 at once; liveness stays 200;
 //  2. requests keep being served for SHUTDOWN_DRAIN_DELAY, while load
-//     balancers notice and stop sending;
-//  3. http.Server.Shutdown waits up to SHUTDOWN_TIMEOUT for requests in
-//     flight, whose contexts are not the signal's and are not cancelled;
+//     balancers notice and stop sending; their responses carry
+//     Connection: close, so clients reconnect through the load balancer;
+//  3. http.Server.Shutdown, then the bulkhead, wait for requests and
+//     provider calls in flight, whose contexts are not the signal's and are
+//     not cancelled, all within one SHUTDOWN_TIMEOUT;
 //  4. pools are closed and serve returns nil (exit code 0).
+//
+// The process exits within drain + SHUTDOWN_TIMEOUT (+ at most exitGrace),
+// whatever is still running then. Work cut off at the deadline is logged as
+// an error, and serve still returns nil: the shutdown went as designed, and
+// a payment whose provider call was cut off stays processing in Postgres
+// until a retry or the reconciler settles it. A non-zero exit code would
+// report a routine rollout under a slow provider as a crash.
 func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := config.Load(getenv)
 	if err != nil {
@@ -51,6 +61,8 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
+	// Runs last. It waits for no connection still in use by work abandoned
+	// at SHUTDOWN_TIMEOUT: database/sql closes each one when it is released.
 	defer closePools(log, primary, replica)
 
 	rdb, err := newRedis(cfg.RedisURL)
@@ -63,9 +75,15 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err != nil {
 		return err
 	}
-	// Stops the workers if start-up fails below; after a graceful
-	// shutdown (which closes it first) it returns at once.
-	defer bulkhead.Close(context.Background())
+	// Stops the idle workers if start-up fails below. Once serving, the
+	// shutdown closes the bulkhead itself, within SHUTDOWN_TIMEOUT: closing
+	// it again here would wait, without bound, for the work it abandoned.
+	serving := false
+	defer func() {
+		if !serving {
+			bulkhead.Close(context.Background())
+		}
+	}()
 	idemMetrics, err := resilience.NewIdempotencyMetrics(reg)
 	if err != nil {
 		return err
@@ -145,10 +163,13 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 	}
-	apiSrv := api.NewServer(handler, timeouts, base, log)
+	var draining atomic.Bool
+	apiSrv := api.NewServer(closeConnsWhileDraining(handler, &draining), timeouts, base, log)
 	adminSrv := api.NewServer(api.NewAdminHandler(reg), timeouts, base, log)
 
-	// Every goroutine below is owned by serve and ends before it returns.
+	// Every goroutine below is owned by serve and ends before it returns,
+	// or within exitGrace of it.
+	serving = true
 	var wg sync.WaitGroup
 	fatal := make(chan error, 3)
 	for _, s := range []struct {
@@ -184,6 +205,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	case <-ctx.Done():
 		log.Info("shutdown signal received; draining", "drain_delay", cfg.ShutdownDrainDelay, "shutdown_timeout", cfg.ShutdownTimeout)
 		health.SetShuttingDown()
+		draining.Store(true)
 		time.Sleep(cfg.ShutdownDrainDelay)
 	case runErr = <-fatal:
 		log.Error("fatal error; shutting down", "err", runErr)
@@ -191,24 +213,73 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	}
 	stopSchema()
 
+	// Every wait from here on is bounded: by this one deadline, then by
+	// exitGrace.
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	if err := apiSrv.Shutdown(shutdownCtx); err != nil {
+		// Close cuts their connections; their handlers run on, unanswered,
+		// until the process exits.
 		log.Error("requests still in flight at SHUTDOWN_TIMEOUT; closing their connections", "err", err)
 		apiSrv.Close()
 	}
 	// Provider calls already accepted finish (they run on contexts the
 	// signal does not cancel); nothing new is accepted.
 	if err := bulkhead.Close(shutdownCtx); err != nil {
-		log.Error("provider work unfinished at SHUTDOWN_TIMEOUT", "err", err)
+		inFlight, queued := bulkhead.Stats()
+		log.Error("provider calls abandoned at SHUTDOWN_TIMEOUT; their payments stay processing for a retry or the reconciler",
+			"in_flight", inFlight, "queued", queued, "err", err)
 	}
 	// The admin server goes last, so metrics stay scrapeable while draining.
 	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
 		adminSrv.Close()
 	}
-	wg.Wait()
+	if !waitWithin(&wg, exitGrace) {
+		log.Warn("exiting with the reconciler still resigning; Postgres frees its lock when the connection closes", "waited", exitGrace)
+	}
 	log.Info("stopped")
 	return runErr
+}
+
+// exitGrace bounds the last wait of a shutdown, for the goroutines serve
+// owns. By then the servers' have returned, and the reconciler, stopped
+// when the drain ended, has had SHUTDOWN_TIMEOUT to resign its leadership
+// (one short query). If Postgres has not answered even so, waiting longer
+// would not help: exiting closes the connection, which frees the lock.
+const exitGrace = time.Second
+
+// waitWithin waits for wg at most d, and reports whether it finished.
+func waitWithin(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { // outlives the timeout only until the process exits
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// closeConnsWhileDraining answers every request that starts once draining
+// is set with Connection: close. A client still sent here during the drain
+// then opens its next connection afresh, which the load balancer routes to
+// another replica, instead of reusing this one until Shutdown closes it.
+//
+// Not http.Server.SetKeepAlivesEnabled(false): that also closes idle
+// keep-alive connections at once, racing the requests clients are writing
+// on them — a failed POST for a client that does not retry it, at a moment
+// when load balancers still send traffic. Shutdown closes the connections
+// still idle after the drain, when they no longer do.
+func closeConnsWhileDraining(next http.Handler, draining *atomic.Bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // newProvider builds the provider client inside its protections (DESIGN
