@@ -7,7 +7,8 @@
 //
 // Each step prints PASS or FAIL. Every step builds on the ones before it (a
 // stack that is not ready fails everything after), so the first failure
-// ends the run and the exit status is 1.
+// ends the run: the steps after it print SKIP, so the log shows what was
+// never checked, and the exit status is 1.
 package main
 
 import (
@@ -79,6 +80,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	for i, s := range steps {
 		if err := s.check(ctx); err != nil {
 			fmt.Fprintf(stdout, "FAIL %s: %v\n", s.name, err)
+			for _, rest := range steps[i+1:] {
+				fmt.Fprintf(stdout, "SKIP %s\n", rest.name)
+			}
 			return fmt.Errorf("%q failed against %s (%d of %d steps passed)", s.name, *baseURL, i, len(steps))
 		}
 		fmt.Fprintf(stdout, "PASS %s\n", s.name)

@@ -24,23 +24,27 @@ func TestRun_PassesEveryStepAgainstAConformingService(t *testing.T) {
 	if err != nil {
 		t.Errorf("run = %v, want nil; output:\n%s", err, &out)
 	}
-	for _, step := range []string{"readiness", "create payment", "replay with the same Idempotency-Key",
-		"get payment", "list payments", "declined payment", "unauthenticated request"} {
+	for _, step := range stepNames {
 		if !strings.Contains(out.String(), "PASS "+step+"\n") {
 			t.Errorf("output lacks PASS %s:\n%s", step, &out)
 		}
 	}
 }
 
-func TestRun_StopsAtTheFirstFailingStep(t *testing.T) {
+// stepNames are smoke's steps, in order.
+var stepNames = []string{"readiness", "create payment", "replay with the same Idempotency-Key",
+	"get payment", "list payments", "declined payment", "unauthenticated request"}
+
+func TestRun_StopsAtTheFirstFailingStepAndSkipsTheRest(t *testing.T) {
 	tests := []struct {
-		name     string
-		api      *fakeAPI
-		wantLast string // the output's last line starts so
+		name    string
+		api     *fakeAPI
+		failing int    // index of the step that fails
+		fail    string // its FAIL line starts so
 	}{
-		{"never ready", &fakeAPI{notReady: true}, "FAIL readiness: not ready within the timeout; last: status 503, want 200"},
-		{"replay not marked", &fakeAPI{unmarkedReplays: true}, "FAIL replay with the same Idempotency-Key: header Idempotent-Replayed"},
-		{"open to anyone", &fakeAPI{openToAll: true}, "FAIL unauthenticated request: status 200, want 401"},
+		{"never ready", &fakeAPI{notReady: true}, 0, "FAIL readiness: not ready within the timeout; last: status 503, want 200"},
+		{"replay not marked", &fakeAPI{unmarkedReplays: true}, 2, "FAIL replay with the same Idempotency-Key: header Idempotent-Replayed"},
+		{"open to anyone", &fakeAPI{openToAll: true}, 6, "FAIL unauthenticated request: status 200, want 401"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,9 +58,22 @@ func TestRun_StopsAtTheFirstFailingStep(t *testing.T) {
 			if err == nil {
 				t.Errorf("run = nil, want an error; output:\n%s", &out)
 			}
+			// One line per step: PASS before the failing one, SKIP after.
 			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-			if last := lines[len(lines)-1]; !strings.HasPrefix(last, tt.wantLast) {
-				t.Errorf("last line = %q, want it to start with %q; output:\n%s", last, tt.wantLast, &out)
+			if len(lines) != len(stepNames) {
+				t.Fatalf("%d lines, want one per step (%d):\n%s", len(lines), len(stepNames), &out)
+			}
+			for i, step := range stepNames {
+				want := "PASS " + step
+				switch {
+				case i == tt.failing:
+					want = tt.fail
+				case i > tt.failing:
+					want = "SKIP " + step
+				}
+				if !strings.HasPrefix(lines[i], want) {
+					t.Errorf("line %d = %q, want it to start with %q", i+1, lines[i], want)
+				}
 			}
 		})
 	}
