@@ -1,6 +1,7 @@
 package deploytest
 
 import (
+	"cmp"
 	"maps"
 	"net/url"
 	"os"
@@ -12,8 +13,6 @@ import (
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"sigs.k8s.io/yaml"
-
-	"github.com/resiliencekit/payservice/internal/config"
 )
 
 const composeFile = "../docker-compose.yml"
@@ -125,7 +124,10 @@ func TestCompose_HealthchecksProbeEachService(t *testing.T) {
 		// the Unix socket only, where a check would pass too early.
 		{"postgres", []string{"pg_isready", "-h 127.0.0.1"}},
 		{"redis", []string{"redis-cli", "ping"}},
-		// The binary's own subcommand: distroless has no shell or curl.
+		// The binaries' own subcommands: distroless has no shell or curl.
+		// The image's HEALTHCHECK runs /server, which the fake's container
+		// does not: it needs its own.
+		{"fakeprovider", []string{"/fakeprovider healthcheck"}},
 		{"app", []string{"/server healthcheck"}},
 	}
 	for _, tt := range tests {
@@ -144,24 +146,81 @@ func TestCompose_HealthchecksProbeEachService(t *testing.T) {
 	}
 }
 
+// The app starts once every dependency answers its healthcheck, not merely
+// once its container runs: a started fake provider may not listen yet.
 func TestCompose_AppStartsAfterItsDependencies(t *testing.T) {
-	deps := service(t, loadCompose(t, nil), "app").DependsOn
-	tests := []struct {
-		service    string
-		conditions []string
-	}{
-		{"postgres", []string{types.ServiceConditionHealthy}},
-		{"redis", []string{types.ServiceConditionHealthy}},
-		{"fakeprovider", []string{types.ServiceConditionStarted, types.ServiceConditionHealthy}},
+	p := loadCompose(t, nil)
+	deps := service(t, p, "app").DependsOn
+	for _, want := range []string{"postgres", "redis", "fakeprovider"} {
+		if _, ok := deps[want]; !ok {
+			t.Errorf("app does not depend on %s", want)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.service, func(t *testing.T) {
-			d, ok := deps[tt.service]
-			switch {
-			case !ok:
-				t.Errorf("app does not depend on %s", tt.service)
-			case !slices.Contains(tt.conditions, d.Condition):
-				t.Errorf("app waits for %s to be %q, want one of %v", tt.service, d.Condition, tt.conditions)
+	for _, name := range slices.Sorted(maps.Keys(deps)) {
+		t.Run(name, func(t *testing.T) {
+			if c := deps[name].Condition; c != types.ServiceConditionHealthy {
+				t.Errorf("app waits for %s to be %q, want %q", name, c, types.ServiceConditionHealthy)
+			}
+			if hc := service(t, p, name).HealthCheck; hc == nil || hc.Disable || len(hc.Test) == 0 {
+				t.Errorf("%s has no healthcheck: it would never turn healthy, and app never start", name)
+			}
+		})
+	}
+}
+
+// dockerfileBaseImages reads the Dockerfile's base-image build args (DESIGN
+// §7): it returns their defaults, and fails unless every FROM takes its
+// image from one of them and each is used.
+func dockerfileBaseImages(t *testing.T, path string) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := map[string]string{"GO_IMAGE": "", "RUNTIME_IMAGE": ""}
+	used := map[string]bool{}
+	for line := range strings.Lines(string(raw)) {
+		switch f := strings.Fields(line); {
+		case len(f) >= 2 && f[0] == "ARG":
+			if name, def, ok := strings.Cut(f[1], "="); ok {
+				if _, base := args[name]; base {
+					args[name] = def
+				}
+			}
+		case len(f) >= 2 && f[0] == "FROM":
+			name := strings.Trim(f[1], "${}")
+			if _, base := args[name]; !base {
+				t.Errorf("%s: FROM %s is no base-image build arg (%v)", path, f[1], slices.Sorted(maps.Keys(args)))
+			}
+			used[name] = true
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(args)) {
+		if args[name] == "" {
+			t.Errorf("%s: build arg %s has no default: a plain `docker build` would fail", path, name)
+		}
+		if !used[name] {
+			t.Errorf("%s: build arg %s is used by no FROM", path, name)
+		}
+	}
+	return args
+}
+
+func TestCompose_BuildsWithTheDockerfilesBaseImageArgs(t *testing.T) {
+	p := loadCompose(t, nil)
+	for _, name := range []string{"app", "fakeprovider"} {
+		t.Run(name, func(t *testing.T) {
+			b := service(t, p, name).Build
+			if b == nil {
+				t.Fatal("not built here: it would need an image from a registry")
+			}
+			dockerfile := filepath.Join(b.Context, cmp.Or(b.Dockerfile, "Dockerfile"))
+			// Unset, compose passes the Dockerfile's own defaults, so that
+			// `docker build` and `docker compose build` build the same.
+			for arg, def := range dockerfileBaseImages(t, dockerfile) {
+				if v := b.Args[arg]; v == nil || *v != def {
+					t.Errorf("build arg %s is not the Dockerfile's default %q", arg, def)
+				}
 			}
 		})
 	}
@@ -181,20 +240,26 @@ func TestCompose_PostgresKeepsItsDataInANamedVolume(t *testing.T) {
 }
 
 func TestCompose_AppIsConfiguredForTheLocalStack(t *testing.T) {
-	env := service(t, loadCompose(t, nil), "app").Environment
-	getenv := func(k string) string {
-		if v := env[k]; v != nil {
-			return *v
+	env := map[string]string{}
+	for k, v := range service(t, loadCompose(t, nil), "app").Environment {
+		env[k] = "" // a name without a value, passed from the shell, is still a name
+		if v != nil {
+			env[k] = *v
 		}
-		return ""
 	}
-	if getenv("API_KEYS") == "" {
+	if env["API_KEYS"] == "" {
 		t.Error("API_KEYS is not set: no client could call the API")
 	}
-	if u, err := url.Parse(getenv("PROVIDER_URL")); err != nil || u.Hostname() != "fakeprovider" {
-		t.Errorf("PROVIDER_URL %q does not point at the fakeprovider service", getenv("PROVIDER_URL"))
+	if u, err := url.Parse(env["PROVIDER_URL"]); err != nil || u.Hostname() != "fakeprovider" {
+		t.Errorf("PROVIDER_URL %q does not point at the fakeprovider service", env["PROVIDER_URL"])
 	}
-	if _, err := config.Load(getenv); err != nil {
+	_, read, err := loadConfig(env)
+	if err != nil {
 		t.Errorf("the app would refuse its compose environment:\n%v", err)
+	}
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		if !read[k] {
+			t.Errorf("app environment %s is no variable the app reads (server -h lists them): misspelt?", k)
+		}
 	}
 }

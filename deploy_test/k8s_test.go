@@ -1,6 +1,8 @@
 package deploytest
 
 import (
+	"cmp"
+	"maps"
 	"net"
 	"net/url"
 	"slices"
@@ -28,7 +30,8 @@ const (
 	// (api.NewHealth in cmd/server/serve.go).
 	healthCheckTimeout = time.Second
 	// exitAllowance is the time the grace period keeps, after
-	// SHUTDOWN_TIMEOUT, for closing pools and exiting.
+	// SHUTDOWN_TIMEOUT, for the shutdown's last bounded wait (exitGrace,
+	// 1s), closing pools and exiting.
 	exitAllowance = 5 * time.Second
 )
 
@@ -42,11 +45,14 @@ func container(t *testing.T, m *manifests) corev1.Container {
 	return cs[0]
 }
 
-// appConfig loads the app's configuration the way the container would see
-// it: the ConfigMap (envFrom), overridden by the container's own env, whose
-// secretKeyRefs are read from the example Secret. resourceFieldRefs are
-// left out: the node fills them in.
-func appConfig(t *testing.T, m *manifests) config.Config {
+// runtimeVariables are read by the Go runtime, not by config.Load.
+var runtimeVariables = []string{"GOMAXPROCS", "GOMEMLIMIT"}
+
+// containerEnv is the environment the container would see: the ConfigMap
+// (envFrom), overridden by the container's own env, whose secretKeyRefs are
+// read from the example Secret. resourceFieldRefs are left out: the node
+// fills them in.
+func containerEnv(t *testing.T, m *manifests) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	for k, v := range m.configMap.Data {
@@ -62,11 +68,47 @@ func appConfig(t *testing.T, m *manifests) config.Config {
 			}
 		}
 	}
-	cfg, err := config.Load(func(k string) string { return env[k] })
+	return env
+}
+
+// loadConfig runs config.Load on env and also returns every name Load asked
+// for. Load ignores variables it does not know, so a misspelt name in a
+// manifest would pass as its default unless checked against these.
+func loadConfig(env map[string]string) (cfg config.Config, read map[string]bool, err error) {
+	read = map[string]bool{}
+	cfg, err = config.Load(func(k string) string {
+		read[k] = true
+		return env[k]
+	})
+	return cfg, read, err
+}
+
+// appConfig loads the app's configuration the way the container would.
+func appConfig(t *testing.T, m *manifests) config.Config {
+	t.Helper()
+	cfg, _, err := loadConfig(containerEnv(t, m))
 	if err != nil {
 		t.Fatalf("the app would refuse this configuration:\n%v", err)
 	}
 	return cfg
+}
+
+func TestDeployment_SetsOnlyVariablesTheAppReads(t *testing.T) {
+	m := rendered(t)
+	_, read, err := loadConfig(containerEnv(t, m))
+	if err != nil {
+		t.Fatalf("the app would refuse this configuration:\n%v", err)
+	}
+	for _, k := range slices.Sorted(maps.Keys(m.configMap.Data)) {
+		if !read[k] {
+			t.Errorf("ConfigMap key %s is no variable the app reads (server -h lists them): misspelt?", k)
+		}
+	}
+	for _, e := range container(t, m).Env {
+		if !read[e.Name] && !slices.Contains(runtimeVariables, e.Name) {
+			t.Errorf("container env %s is no variable the app or the Go runtime reads (server -h lists the app's): misspelt?", e.Name)
+		}
+	}
 }
 
 func TestSelectors_SelectThePodTemplateAndNothingBroader(t *testing.T) {
@@ -398,6 +440,15 @@ func TestConfigMap_HoldsNoCredentials(t *testing.T) {
 	}
 }
 
+// The base ships no provider, fake or real: overlays name the real one.
+func TestConfigMap_ProviderURLIsAPlaceholderOverlaysReplace(t *testing.T) {
+	raw := rendered(t).configMap.Data["PROVIDER_URL"]
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "https" || !strings.HasSuffix(u.Hostname(), ".invalid") {
+		t.Errorf("PROVIDER_URL %q, want an https placeholder under .invalid (RFC 6761), which never resolves", raw)
+	}
+}
+
 func TestSecretExample_HoldsOnlyPlaceholders(t *testing.T) {
 	s := rendered(t).secretExample
 	if len(s.Data) > 0 {
@@ -522,13 +573,19 @@ func TestNetworkPolicy_AdmitsTheAdminPortOnlyFromMonitoring(t *testing.T) {
 func TestNetworkPolicy_AllowsEgressOnlyToItsDependencies(t *testing.T) {
 	m := rendered(t)
 	pod := labels.Set(m.deployment.Spec.Template.Labels)
-	// Every allowed destination, and a pod of it the rule must select.
+	provider, err := url.Parse(appConfig(t, m).ProviderURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	providerPort := cmp.Or(provider.Port(), map[string]string{"https": "443", "http": "80"}[provider.Scheme])
+	// Every allowed destination, and a pod of it the rule must select; nil
+	// for the provider, outside the cluster, reached by address (ipBlock).
 	want := map[string]labels.Set{
-		"UDP/53":   {"k8s-app": "kube-dns"},
-		"TCP/53":   {"k8s-app": "kube-dns"},
-		"TCP/5432": {"app.kubernetes.io/name": "postgres"},
-		"TCP/6379": {"app.kubernetes.io/name": "redis"},
-		"TCP/8081": {"app.kubernetes.io/name": "fakeprovider"},
+		"UDP/53":              {"k8s-app": "kube-dns"},
+		"TCP/53":              {"k8s-app": "kube-dns"},
+		"TCP/5432":            {"app.kubernetes.io/name": "postgres"},
+		"TCP/6379":            {"app.kubernetes.io/name": "redis"},
+		"TCP/" + providerPort: nil,
 	}
 	got := map[string]bool{}
 	for i, r := range m.networkPolicy.Spec.Egress {
@@ -555,8 +612,12 @@ func TestNetworkPolicy_AllowsEgressOnlyToItsDependencies(t *testing.T) {
 				continue
 			}
 			for _, peer := range r.To {
-				if peer.IPBlock != nil {
-					continue // a managed service, by address (see networkpolicy.yaml)
+				switch {
+				case target == nil && (peer.IPBlock == nil || peer.IPBlock.CIDR == ""):
+					t.Errorf("egress %s: the provider (PROVIDER_URL) is outside the cluster; peer %+v is no ipBlock", key, peer)
+					continue
+				case peer.IPBlock != nil:
+					continue // the provider, or a managed service, by address (see networkpolicy.yaml)
 				}
 				sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 				switch {
@@ -593,13 +654,19 @@ func TestShutdown_GracePeriodOutlastsDrainAndShutdownTimeout(t *testing.T) {
 	}
 }
 
+// endpointPropagation is what the drain keeps, after the kubelet marks a
+// pod unready, for the EndpointSlice update to reach every node's
+// kube-proxy and the load balancers: about a second in a quiet cluster,
+// several in a busy one.
+const endpointPropagation = 3 * time.Second
+
 // When a pod is deleted through the API, its endpoints turn not-ready at
 // once, whatever the probe says. But when the kubelet stops a container of
 // a pod that is not being deleted (a liveness-probe restart, for one), and
 // for the `serving` condition kube-proxy falls back on when only
 // terminating endpoints remain, the readiness probe is the only signal. It
-// must fail within the drain delay, while the app still serves; otherwise
-// traffic is sent to a closed listener.
+// must fail, and the endpoint update spread, within the drain delay, while
+// the app still serves; otherwise traffic is sent to a closed listener.
 func TestShutdown_ReadinessFailsBeforeTheListenerCloses(t *testing.T) {
 	m := rendered(t)
 	cfg := appConfig(t, m)
@@ -608,9 +675,12 @@ func TestShutdown_ReadinessFailsBeforeTheListenerCloses(t *testing.T) {
 		t.Fatal("no readiness probe")
 	}
 	// SIGTERM just after a passing probe: the next failureThreshold probes,
-	// one period apart, take period × failureThreshold to mark it unready.
-	if window := seconds(p.PeriodSeconds * p.FailureThreshold); window > cfg.ShutdownDrainDelay {
-		t.Errorf("readiness needs up to %v (period × failureThreshold) to notice shutdown, longer than SHUTDOWN_DRAIN_DELAY %v", window, cfg.ShutdownDrainDelay)
+	// one period apart, mark it unready; the last may take its whole
+	// timeout to fail.
+	notice := seconds(p.PeriodSeconds*p.FailureThreshold + p.TimeoutSeconds)
+	if notice+endpointPropagation > cfg.ShutdownDrainDelay {
+		t.Errorf("readiness needs up to %v (period × failureThreshold + timeout) to notice shutdown, + %v for endpoints to follow = %v, more than SHUTDOWN_DRAIN_DELAY %v",
+			notice, endpointPropagation, notice+endpointPropagation, cfg.ShutdownDrainDelay)
 	}
 }
 
@@ -625,20 +695,27 @@ func TestShutdown_LetsRequestsInFlightFinish(t *testing.T) {
 // superuser_reserved_connections 3 are not for applications.
 const postgresAppConnections = 100 - 3
 
+// At full scale, a rollout runs the HPA's maximum plus its surge. The
+// Deployment does not wait for the pods it replaces to terminate, and each
+// keeps its pool open through its grace period (it serves through the
+// drain): when new pods get ready faster than old ones go, every old pod
+// may be terminating at once.
 func TestConfig_PostgresConnectionsFitAtFullScale(t *testing.T) {
 	m := rendered(t)
 	cfg := appConfig(t, m)
-	maxPods := int(m.hpa.Spec.MaxReplicas)
-	if surge := m.deployment.Spec.Strategy.RollingUpdate; surge != nil && surge.MaxSurge != nil {
-		extra, err := intstr.GetScaledValueFromIntOrPercent(surge.MaxSurge, maxPods, true)
-		if err != nil {
+	maxReplicas := int(m.hpa.Spec.MaxReplicas)
+	surge := 0
+	if u := m.deployment.Spec.Strategy.RollingUpdate; u != nil && u.MaxSurge != nil {
+		var err error
+		if surge, err = intstr.GetScaledValueFromIntOrPercent(u.MaxSurge, maxReplicas, true); err != nil {
 			t.Fatal(err)
 		}
-		maxPods += extra
 	}
-	if total := maxPods * cfg.DBMaxOpenConns; total > postgresAppConnections {
-		t.Errorf("%d pods (HPA max + rollout surge) × DB_MAX_OPEN_CONNS %d = %d connections, over the %d a default Postgres allows",
-			maxPods, cfg.DBMaxOpenConns, total, postgresAppConnections)
+	terminating := maxReplicas
+	pods := maxReplicas + surge + terminating
+	if total := pods * cfg.DBMaxOpenConns; total > postgresAppConnections {
+		t.Errorf("%d pods (HPA max %d + surge %d + %d terminating) × DB_MAX_OPEN_CONNS %d = %d connections, over the %d a default Postgres allows",
+			pods, maxReplicas, surge, terminating, cfg.DBMaxOpenConns, total, postgresAppConnections)
 	}
 }
 

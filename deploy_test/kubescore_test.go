@@ -14,17 +14,6 @@ import (
 	"github.com/zegl/kube-score/scorecard"
 )
 
-// kubeScoreIgnored are the checks this base deliberately fails, and why.
-var kubeScoreIgnored = map[string]struct{}{
-	// It wants imagePullPolicy Always, so the kubelet re-checks pull
-	// credentials on every start. The base pins an immutable tag (or a
-	// digest) and uses IfNotPresent instead: a pod restarting on a node that
-	// has the image then starts even while the registry is down. Clusters
-	// that need the credential check enforce it for every pod with the
-	// AlwaysPullImages admission plugin.
-	"container-image-pull-policy": {},
-}
-
 // kubeScoreOptional are optional checks the base is meant to pass.
 var kubeScoreOptional = map[string]struct{}{
 	"container-seccomp-profile":                        {},
@@ -56,7 +45,9 @@ func TestKubeScore_FindsNothingCritical(t *testing.T) {
 		KubernetesVersion:    config.Semver{Major: 1, Minor: 27},
 		EnabledOptionalTests: kubeScoreOptional,
 	}
-	card, err := score.Score(objects, score.RegisterAllChecks(objects, &checks.Config{IgnoredTests: kubeScoreIgnored}, run), run)
+	// No check is ignored: the base passes every one kube-score grades
+	// critical, and the test fails on any that a change brings back.
+	card, err := score.Score(objects, score.RegisterAllChecks(objects, &checks.Config{}, run), run)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +69,7 @@ func TestKubeScore_FindsNothingCritical(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("kube-score ran %d checks on %d objects; ignored: %v", ran, len(*card), slices.Sorted(maps.Keys(kubeScoreIgnored)))
+	t.Logf("kube-score ran %d checks on %d objects", ran, len(*card))
 }
 
 // findings renders a check's comments, one line each (at least one line).
