@@ -12,7 +12,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=SCRIPTDIR/../lib.sh
 . "$here/../lib.sh"
 
-GO_OFFICIAL=${GO_IMAGE:-golang:1.26-bookworm}
+# The same defaults as the Dockerfile's ARGs (and docker-compose.yml's).
+GO_OFFICIAL=${GO_IMAGE:-golang:1.26}
 RUNTIME_OFFICIAL=${RUNTIME_IMAGE:-gcr.io/distroless/static-debian12:nonroot}
 GO_STANDIN=payservice-standin/golang:1.26
 RUNTIME_STANDIN=payservice-standin/distroless-static:nonroot
