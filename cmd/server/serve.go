@@ -115,7 +115,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 
-	health := api.NewHealth(time.Second,
+	health := api.NewHealth(time.Second, log,
 		api.Check{Name: "postgres", Probe: primary.PingContext},
 		// Optional: payments are served correctly through Postgres alone
 		// while Redis is down, so an outage shows as "degraded" and the

@@ -2,6 +2,9 @@ package api
 
 import (
 	"context"
+	"errors"
+	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -26,16 +29,25 @@ type Check struct {
 // every replica at once. Readiness says whether this replica should get
 // traffic: migrations applied, required dependencies answering, and not
 // shutting down.
+//
+// The readiness body is public, so a failed check shows only a coarse
+// reason ("unavailable: unreachable"); the error itself, with its
+// addresses and driver messages, goes to the log, once each time a check
+// changes from passing to failing or back, not on every probe.
 type Health struct {
 	checks       []Check
 	timeout      time.Duration
+	log          *slog.Logger
 	migrated     atomic.Bool
 	shuttingDown atomic.Bool
+
+	mu   sync.Mutex
+	last map[string]string // each check's last error text; "" when it passed
 }
 
 // NewHealth returns a Health running checks, each bounded by timeout.
-func NewHealth(timeout time.Duration, checks ...Check) *Health {
-	return &Health{checks: checks, timeout: timeout}
+func NewHealth(timeout time.Duration, log *slog.Logger, checks ...Check) *Health {
+	return &Health{checks: checks, timeout: timeout, log: log, last: make(map[string]string, len(checks))}
 }
 
 // SetMigrated records that the schema is at the version this binary needs.
@@ -93,13 +105,15 @@ func (h *Health) report(ctx context.Context) (bool, healthBody) {
 	}
 	wg.Wait()
 	for i, c := range h.checks {
-		switch err := results[i]; {
+		err := results[i]
+		h.logChange(c, err)
+		switch {
 		case err == nil:
 			body.Checks[c.Name] = "ok"
 		case c.Optional:
-			body.Checks[c.Name] = "degraded: " + err.Error()
+			body.Checks[c.Name] = "degraded: " + reason(err)
 		default:
-			body.Checks[c.Name] = "unavailable: " + err.Error()
+			body.Checks[c.Name] = "unavailable: " + reason(err)
 			ready = false
 		}
 	}
@@ -112,4 +126,36 @@ func (h *Health) report(ctx context.Context) (bool, healthBody) {
 		body.Status = "unavailable"
 	}
 	return ready, body
+}
+
+// logChange logs a check's error when it starts failing or fails
+// differently, and its recovery.
+func (h *Health) logChange(c Check, err error) {
+	text := ""
+	if err != nil {
+		text = err.Error()
+	}
+	h.mu.Lock()
+	prev := h.last[c.Name]
+	h.last[c.Name] = text
+	h.mu.Unlock()
+	switch {
+	case text == prev:
+	case err == nil:
+		h.log.Info("readiness check passes again", "check", c.Name)
+	default:
+		h.log.Warn("readiness check failing", "check", c.Name, "optional", c.Optional, "err", err)
+	}
+}
+
+// reason says why a check failed without the details of the error.
+func reason(err error) string {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timeout"
+	case errors.As(err, &netErr):
+		return "unreachable"
+	}
+	return "failing"
 }

@@ -91,7 +91,7 @@ func newTestHandler(t *testing.T, svc PaymentService) http.Handler {
 
 func newLimitedHandler(t *testing.T, svc PaymentService, clients, anonymous RateLimiter) http.Handler {
 	t.Helper()
-	h := NewHealth(time.Second)
+	h := NewHealth(time.Second, slog.New(slog.DiscardHandler))
 	h.SetMigrated()
 	return NewHandler(Deps{
 		Payments:       svc,
@@ -457,7 +457,7 @@ func TestRecoverPanic_AnswersProblemAndLogsStack(t *testing.T) {
 }
 
 func TestRequireReady_Answers503UntilMigrated(t *testing.T) {
-	health := NewHealth(time.Second)
+	health := NewHealth(time.Second, slog.New(slog.DiscardHandler))
 	h := NewHandler(Deps{
 		Payments: &recordingService{}, Auth: NewAuthenticator(map[string]string{"client_a": "key_a"}),
 		ClientLimit: unlimited{}, AnonymousLimit: unlimited{},
@@ -549,7 +549,7 @@ func TestRateLimit_FailedAuthenticationIsLimitedPerAddress(t *testing.T) {
 
 func TestAccessLog_NamesTheAuthenticatedClient(t *testing.T) {
 	var logs bytes.Buffer
-	h := NewHealth(time.Second)
+	h := NewHealth(time.Second, slog.New(slog.DiscardHandler))
 	h.SetMigrated()
 	handler := NewHandler(Deps{
 		Payments: &recordingService{}, Auth: NewAuthenticator(map[string]string{"client_a": "key_a"}),
