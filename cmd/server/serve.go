@@ -421,6 +421,10 @@ func newRedis(url string) (*redis.Client, error) {
 	opts.ReadTimeout = 500 * time.Millisecond
 	opts.WriteTimeout = 500 * time.Millisecond
 	opts.MaxRetries = -1
+	// One dial per attempt: go-redis's default of 5 dials 100ms apart
+	// outlasts REDIS_TIMEOUT, so while Redis is down every request's
+	// operation timed out on a dial loop instead of failing at once.
+	opts.DialerRetries = 1
 	return redis.NewClient(opts), nil
 }
 
