@@ -525,15 +525,22 @@ func TestRateLimit_ClientOverItsLimitGets429WithHeaders(t *testing.T) {
 	}
 }
 
-func TestRateLimit_FailedAuthenticationIsLimitedPerAddress(t *testing.T) {
+// newGuesser returns a function that sends one request with a wrong API
+// key from addr, through an anonymous limit of 3 requests, and returns the
+// status.
+func newGuesser(t *testing.T) func(addr string) int {
 	h := newLimitedHandler(t, &recordingService{}, unlimited{}, newKeyedLimiter(t, 0.1, 3))
-	guess := func(addr string) int {
+	return func(addr string) int {
 		r := postPayment(validBody, func(r *http.Request) { r.Header.Set("Authorization", "Bearer guess") })
 		r.RemoteAddr = addr
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
 		return rec.Code
 	}
+}
+
+func TestRateLimit_FailedAuthenticationIsLimitedPerAddress(t *testing.T) {
+	guess := newGuesser(t)
 	for i := range 3 {
 		if code := guess("192.0.2.1:1234"); code != 401 {
 			t.Fatalf("guess %d: %d, want 401", i+1, code)
@@ -579,14 +586,7 @@ func TestRateLimit_FailedAuthenticationIsLimitedPerIPv6Slash64(t *testing.T) {
 	}
 
 	// A guesser rotating through addresses of its /64 spends one budget.
-	h := newLimitedHandler(t, &recordingService{}, unlimited{}, newKeyedLimiter(t, 0.1, 3))
-	guess := func(addr string) int {
-		r := postPayment(validBody, func(r *http.Request) { r.Header.Set("Authorization", "Bearer guess") })
-		r.RemoteAddr = addr
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, r)
-		return rec.Code
-	}
+	guess := newGuesser(t)
 	for i := range 3 {
 		if code := guess(fmt.Sprintf("[2001:db8:1:2::%x]:1234", i+1)); code != 401 {
 			t.Fatalf("guess %d: %d, want 401", i+1, code)
