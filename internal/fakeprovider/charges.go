@@ -92,10 +92,12 @@ func (p *Provider) charge(key string, req chargeRequest) answer {
 
 	i, seen := p.byKey[key]
 	if seen {
-		if ch := p.charges[i]; ch.Amount != req.Amount || ch.Currency != req.Currency {
+		// The reference too: a client reusing one key for two payments
+		// must hear about it, not get the other payment's charge.
+		if ch := p.charges[i]; ch.Amount != req.Amount || ch.Currency != req.Currency || ch.Reference != req.Reference {
 			return errorAnswer(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf(
-				"idempotency key %q was used for a charge of %d %s; this request is for %d %s",
-				key, ch.Amount, ch.Currency, req.Amount, req.Currency))
+				"idempotency key %q was used for a charge of %d %s for %q; this request is for %d %s for %q",
+				key, ch.Amount, ch.Currency, ch.Reference, req.Amount, req.Currency, req.Reference))
 		}
 	}
 	if p.draw(p.faults.ErrorRate) {

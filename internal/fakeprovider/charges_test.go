@@ -70,6 +70,7 @@ func TestCreateCharge_RejectsKeyReusedForADifferentCharge(t *testing.T) {
 	}{
 		{"different amount", `{"amount":2000,"currency":"usd","reference":"pay_k"}`},
 		{"different currency", `{"amount":1000,"currency":"eur","reference":"pay_k"}`},
+		{"different reference", `{"amount":1000,"currency":"usd","reference":"pay_other"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
