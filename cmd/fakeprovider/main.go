@@ -116,8 +116,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger.Info("listening", "addr", ln.Addr().String())
 
+	fake := fakeprovider.New()
 	srv := &http.Server{
-		Handler:           accessLog(logger, fakeprovider.New()),
+		Handler:           accessLog(logger, fake),
 		ReadHeaderTimeout: 5 * time.Second,  // a client that cannot send headers in 5s is stuck or hostile
 		ReadTimeout:       10 * time.Second, // bodies are a few hundred bytes
 		// Longer than the longest latency fault, or the server would cut the
@@ -126,6 +127,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		IdleTimeout:  2 * time.Minute, // keep-alive for clients' pools, but not forever
 		ErrorLog:     slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
+	// Answers held by a latency fault go out at once on shutdown, rather
+	// than hold it past shutdownTimeout.
+	srv.RegisterOnShutdown(fake.StopDelaying)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

@@ -316,7 +316,7 @@ func TestLatency_ChargeStandsWhenTheClientGivesUp(t *testing.T) {
 	mustSetFaults(t, p, fakeprovider.Faults{LatencyMS: int(fakeprovider.MaxLatency.Milliseconds())})
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/charges", strings.NewReader(`{"amount":1000,"currency":"usd"}`))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/v1/charges", strings.NewReader(`{"amount":1000,"currency":"usd","reference":"pay_k"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,5 +353,42 @@ func mustSetFaults(t *testing.T, p *fakeprovider.Provider, f fakeprovider.Faults
 	t.Helper()
 	if err := p.SetFaults(f); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestLatency_StopDelayingSendsHeldAnswersAtOnce(t *testing.T) {
+	recorded := make(chan struct{}, 1)
+	p, srv := start(t, fakeprovider.WithChargeIDs(func() string {
+		recorded <- struct{}{}
+		return "ch_1"
+	}))
+	mustSetFaults(t, p, fakeprovider.Faults{LatencyMS: int(fakeprovider.MaxLatency.Milliseconds())})
+	answered := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/charges", strings.NewReader(`{"amount":1000,"currency":"usd","reference":"pay_k"}`))
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := srv.Client().Do(req)
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	<-recorded // charged; the answer is now held for MaxLatency
+
+	p.StopDelaying() // the server is shutting down
+
+	select {
+	case status := <-answered:
+		if status != http.StatusCreated {
+			t.Errorf("held answer = %d, want the 201", status)
+		}
+	case <-time.After(fakeprovider.MaxLatency / 2):
+		t.Fatal("the answer is still held after StopDelaying")
+	}
+	// And nothing is delayed after it.
+	if got := postCharge(t, srv, "k2", 1000); got.status != http.StatusCreated {
+		t.Errorf("answer after StopDelaying = %d, want 201 at once", got.status)
 	}
 }

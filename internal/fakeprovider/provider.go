@@ -36,6 +36,9 @@ type Provider struct {
 	faults  Faults
 	charges []Charge       // in the order they were made, for listing
 	byKey   map[string]int // idempotency key → index into charges
+
+	undelayed     chan struct{} // closed by StopDelaying
+	stopDelaysOne sync.Once
 }
 
 // Option configures a Provider built by New.
@@ -62,6 +65,8 @@ func New(opts ...Option) *Provider {
 		random: rand.Float64,
 		newID:  randomChargeID,
 		byKey:  make(map[string]int),
+
+		undelayed: make(chan struct{}),
 	}
 	for _, opt := range opts {
 		opt(p)
@@ -88,6 +93,15 @@ func (p *Provider) routes() *http.ServeMux {
 	return mux
 }
 
+// StopDelaying sends every answer the latency fault is holding at once,
+// and delays none after it. Call it when the server shuts down
+// (http.Server.RegisterOnShutdown): Shutdown waits for handlers, and does
+// not cancel their contexts, so it would otherwise be held for up to
+// MaxLatency while the clients went unanswered.
+func (p *Provider) StopDelaying() {
+	p.stopDelaysOne.Do(func() { close(p.undelayed) })
+}
+
 // ServeHTTP serves the charges API and the fault controls.
 func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.mux.ServeHTTP(w, r)
@@ -98,12 +112,13 @@ func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // that gives up during the wait leaves a charge it never heard about: the
 // ambiguous outcome the latency fault exists to produce. The wait ends with
 // the request's context, so an abandoned request frees its goroutine at once
-// instead of holding it, and a server's shutdown, for up to MaxLatency.
+// instead of holding it for up to MaxLatency; and with StopDelaying, when
+// the answer goes out at once.
 func (p *Provider) delayed(h func(*http.Request) answer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
 		a := h(r)
-		if !wait(r.Context(), p.Faults().Latency()) {
+		if !wait(r.Context(), p.Faults().Latency(), p.undelayed) {
 			return // nobody is listening any more; what h recorded stands
 		}
 		a.write(w)
@@ -127,9 +142,10 @@ func methodNotAllowed(allow string) http.Handler {
 	})
 }
 
-// wait blocks for d or until ctx ends, whichever comes first, and reports
-// whether all of d passed.
-func wait(ctx context.Context, d time.Duration) bool {
+// wait blocks for d, or until cut is closed, or until ctx ends, whichever
+// comes first, and reports whether the answer should still be sent: false
+// only when ctx ended.
+func wait(ctx context.Context, d time.Duration, cut <-chan struct{}) bool {
 	if d <= 0 {
 		return true
 	}
@@ -137,6 +153,8 @@ func wait(ctx context.Context, d time.Duration) bool {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
+	case <-cut:
 		return true
 	case <-ctx.Done():
 		return false
