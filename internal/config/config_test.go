@@ -115,14 +115,18 @@ func TestLoad_NeverEchoesSecrets(t *testing.T) {
 		t.Fatalf("error must exist and must not contain the secret: %v", err)
 	}
 
-	c, err := Load(env(nil))
+	c, err := Load(env(map[string]string{
+		// A password may also come in the query: lib/pq and go-redis read it there.
+		"DATABASE_REPLICA_URL": "postgres://reader@replica:5432/payservice?sslmode=disable&password=r3plica",
+		"REDIS_URL":            "redis://cache:6379/0?password=r3dis",
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
 	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", c)
 	logged := buf.String()
-	for _, secret := range []string{"s3cret", "key_a", "key_b"} {
+	for _, secret := range []string{"s3cret", "key_a", "key_b", "r3plica", "r3dis"} {
 		if strings.Contains(logged, secret) {
 			t.Errorf("logged configuration contains %q:\n%s", secret, logged)
 		}

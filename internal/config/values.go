@@ -163,7 +163,9 @@ func (v urlValue) Set(s string) error {
 }
 func (v urlValue) String() string { return *v.p }
 
-// Masked shows the URL with its password replaced, or the empty string.
+// Masked shows the URL with its secrets replaced, or the empty string.
+// A password may sit in the query as well as in the userinfo: lib/pq and
+// go-redis both read ?password=.
 func (v urlValue) Masked() string {
 	if *v.p == "" {
 		return ""
@@ -172,6 +174,13 @@ func (v urlValue) Masked() string {
 	if err != nil {
 		return "(hidden)"
 	}
+	q := u.Query()
+	for name := range q {
+		if lower := strings.ToLower(name); strings.Contains(lower, "pass") || strings.Contains(lower, "secret") || strings.Contains(lower, "token") {
+			q.Set(name, "xxxxx")
+		}
+	}
+	u.RawQuery = q.Encode()
 	return u.Redacted()
 }
 
