@@ -118,7 +118,7 @@ func bind(c *Config) []variable {
 
 		{name: "DATABASE_URL", required: true, usage: "primary Postgres URL, e.g. postgres://user:pass@host:5432/payservice?sslmode=disable", val: dsn(&c.DatabaseURL)},
 		{name: "DATABASE_REPLICA_URL", usage: "optional read-replica Postgres URL for GET requests; reads fall back to the primary when it fails", val: dsn(&c.DatabaseReplicaURL)},
-		{name: "DB_MAX_OPEN_CONNS", def: "20", usage: "maximum open connections per pool; keep replicas × this below Postgres max_connections", val: intRange(&c.DBMaxOpenConns, 1, 1000)},
+		{name: "DB_MAX_OPEN_CONNS", def: "20", usage: "maximum open connections per pool, at least 2 (the active reconciler holds one); keep replicas × this below Postgres max_connections", val: intRange(&c.DBMaxOpenConns, 2, 1000)},
 		{name: "DB_MAX_IDLE_CONNS", def: "20", usage: "idle connections kept per pool (≤ DB_MAX_OPEN_CONNS); below it, every burst closes and reopens connections", val: intRange(&c.DBMaxIdleConns, 0, 1000)},
 		{name: "DB_CONN_MAX_LIFETIME", def: "30m", usage: "recycle connections after this long, so failovers and DNS changes are picked up", val: positiveDuration(&c.DBConnMaxLifetime)},
 		{name: "DB_CONN_MAX_IDLE_TIME", def: "5m", usage: "close connections idle for this long", val: positiveDuration(&c.DBConnMaxIdleTime)},
