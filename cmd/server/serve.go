@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"sync"
@@ -354,21 +355,24 @@ func prepareSchema(ctx context.Context, cfg config.Config, pool *sql.DB, log *sl
 }
 
 // retryUntil calls f until it succeeds or ctx ends, backing off from 100ms
-// to 5s and logging each failure.
+// to 5s with full jitter and logging each failure. The jitter keeps
+// replicas that started together, waiting for the same database, from
+// knocking on it in lockstep when it comes back.
 func retryUntil(ctx context.Context, log *slog.Logger, msg string, f func(context.Context) error) error {
-	delay := 100 * time.Millisecond
+	ceiling := 100 * time.Millisecond
 	for {
 		err := f(ctx)
 		if err == nil {
 			return nil
 		}
-		log.Warn(msg, "err", err, "retry_in", delay)
+		wait := rand.N(ceiling) + time.Millisecond
+		log.Warn(msg, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(delay):
+		case <-time.After(wait):
 		}
-		delay = min(2*delay, 5*time.Second)
+		ceiling = min(2*ceiling, 5*time.Second)
 	}
 }
 
