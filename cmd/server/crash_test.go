@@ -55,14 +55,17 @@ func retryUntilSettled(t *testing.T, srv *server, key string) response {
 }
 
 // crashEnv is the stack's environment for crash tests: a short lease, so
-// a retry can take over soon after the crash, and no reconciler, so that
-// it is the retry that settles.
+// a retry can take over soon after the crash (and a request timeout short
+// enough for it), and no reconciler, so that it is the retry that settles.
 func crashEnv(st *stack) map[string]string {
 	env := map[string]string{}
 	for k, v := range st.env {
 		env[k] = v
 	}
-	env["IDEMPOTENCY_LEASE"] = "1s"
+	env["REQUEST_TIMEOUT"] = "1s"
+	env["PROVIDER_TIMEOUT"] = "600ms"
+	env["SETTLE_TIMEOUT"] = "200ms"
+	env["IDEMPOTENCY_LEASE"] = "1500ms"
 	env["RECONCILE_INTERVAL"] = "1h"
 	env["RECONCILE_AFTER"] = "1h"
 	env["RECONCILE_GRACE"] = "1h"

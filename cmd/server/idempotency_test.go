@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -294,25 +295,39 @@ func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
 	waitFor(t, "redis ok again", func() bool { _, checks := readiness(t, srv.api); return checks["redis"] == "ok" })
 }
 
-func TestIdempotency_LeaseShorterThanTheHandlerStillChargesOnce(t *testing.T) {
-	st := newStack(t, map[string]string{"IDEMPOTENCY_LEASE": "300ms"})
+// A request loses its lease while it is at the provider: a stalled
+// process, or a clock that jumped, since the timing rules make it
+// impossible otherwise. A retry takes the payment over and drives it again
+// with the same provider key: one charge. The stalled request cannot settle
+// what it no longer holds; it answers 201 if the retry settled first, or
+// 409 (retry later) if not.
+func TestIdempotency_ALeaseLostMidRequestIsTakenOverAndChargesOnce(t *testing.T) {
+	st := newStack(t, nil)
 	srv := st.start(t)
 	st.faults(t, fakeprovider.Faults{LatencyMS: 1000})
 
-	// The first request's lease expires while the provider holds it; the
-	// retry takes the payment over and drives it again, with the same
-	// provider key.
 	first := make(chan response)
 	go func() { first <- pay(t, srv, "key_a", "k", body1000) }()
 	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
-	time.Sleep(400 * time.Millisecond)
+	// Both locks expire, as they would while the request stalled.
+	pool, err := sql.Open("postgres", st.env["DATABASE_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(`UPDATE payments SET lease_expires_at = now() WHERE idempotency_key = 'k'`); err != nil {
+		t.Fatal(err)
+	}
+	flushRedis(t, st.redisURL)
+
 	retry := pay(t, srv, "key_a", "k", body1000)
 	r1 := <-first
-	if r1.status != 201 || retry.status != 201 {
-		t.Fatalf("first %d %s, retry %d %s; want both 201", r1.status, r1.body, retry.status, retry.body)
+	if retry.status != 201 || (r1.status != 201 && r1.status != 409) {
+		t.Fatalf("first %d %s, retry %d %s; want the retry's 201, and 201 or 409 for the stalled first", r1.status, r1.body, retry.status, retry.body)
 	}
-	if a, b := decodePayment(t, r1), decodePayment(t, retry); a.ID != b.ID || a.ProviderChargeID != b.ProviderChargeID {
-		t.Errorf("first %+v, retry %+v: want one payment, one charge", a, b)
+	again := pay(t, srv, "key_a", "k", body1000)
+	if a, b := decodePayment(t, retry), decodePayment(t, again); again.status != 201 || a.ID != b.ID || a.ProviderChargeID != b.ProviderChargeID {
+		t.Errorf("retry %+v, then %d %+v: want one payment, one charge", a, again.status, b)
 	}
 	if n := len(st.fake.Charges()); n != 1 {
 		t.Errorf("%d charges, want 1", n)
@@ -339,7 +354,11 @@ func TestIdempotency_UnknownOutcomeIsSettledByRetry(t *testing.T) {
 func TestIdempotency_UnknownOutcomeIsSettledByTheReconciler(t *testing.T) {
 	st := newStack(t, map[string]string{
 		"RECONCILE_INTERVAL": "100ms",
-		"RECONCILE_AFTER":    "100ms",
+		// Shortened with the request timeout, which it must outlast.
+		"REQUEST_TIMEOUT":  "1s",
+		"PROVIDER_TIMEOUT": "500ms",
+		"SETTLE_TIMEOUT":   "250ms",
+		"RECONCILE_AFTER":  "1300ms",
 	})
 	srv := st.start(t)
 	st.faults(t, fakeprovider.Faults{ChargeThenErrorRate: 1})

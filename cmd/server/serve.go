@@ -94,15 +94,18 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 	svc := payments.NewService(payments.Config{
-		Repo:     db.NewPayments(primary, replica),
-		Provider: providerClient,
-		Render:   api.RenderPayment,
-		Lease:    cfg.IdempotencyLease,
-		Metrics:  idemMetrics,
-		Log:      log,
+		Repo:          db.NewPayments(primary, replica),
+		Provider:      providerClient,
+		Render:        api.RenderPayment,
+		Lease:         cfg.IdempotencyLease,
+		SettleTimeout: cfg.SettleTimeout,
+		Metrics:       idemMetrics,
+		Log:           log,
 	})
 	reconciler, err := payments.NewReconciler(svc, payments.ReconcilerConfig{
 		Every: cfg.ReconcileInterval, After: cfg.ReconcileAfter, Grace: cfg.ReconcileGrace, Batch: cfg.ReconcileBatch,
+		// A payment's reconciliation is bounded like a request.
+		Timeout: cfg.RequestTimeout,
 	}, reg)
 	if err != nil {
 		return err

@@ -185,7 +185,14 @@ func TestShutdown_RequestOutlastingTheTimeoutIsCutOffOnTime(t *testing.T) {
 	st := newStack(t, map[string]string{
 		"SHUTDOWN_DRAIN_DELAY": drain.String(),
 		"SHUTDOWN_TIMEOUT":     timeout.String(),
-		"IDEMPOTENCY_LEASE":    "1s", // so the next replica's reconciler may take the payment soon
+		// A request outlasts the shutdown timeout; the lease it holds is
+		// short, so the next replica's reconciler may take it soon after.
+		// (its provider attempt alone outlasts drain + timeout).
+		"REQUEST_TIMEOUT":   "3s",
+		"PROVIDER_TIMEOUT":  "2500ms",
+		"SETTLE_TIMEOUT":    "250ms",
+		"IDEMPOTENCY_LEASE": "3500ms",
+		"RECONCILE_AFTER":   "3500ms",
 	})
 	p := startProcess(t, bin, st.env)
 	waitReady(t, p.api)
@@ -235,7 +242,7 @@ func TestShutdown_RequestOutlastingTheTimeoutIsCutOffOnTime(t *testing.T) {
 
 	// The next replica's reconciler finds the provider's charge.
 	st.fake.ResetFaults()
-	env := map[string]string{"RECONCILE_INTERVAL": "100ms", "RECONCILE_AFTER": "100ms"}
+	env := map[string]string{"RECONCILE_INTERVAL": "100ms"}
 	for k, v := range st.env {
 		env[k] = v
 	}

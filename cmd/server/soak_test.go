@@ -40,11 +40,16 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	redisC := testenv.NewRedis(t)
 	st := newStack(t, map[string]string{
 		"REDIS_URL":             redisC.URL(),
-		"IDEMPOTENCY_LEASE":     "2s",
 		"RETRY_MAX_RETRY_AFTER": "0s", // the fake's Retry-After: 1 ends server-side retries; clients retry
-		"RECONCILE_INTERVAL":    "200ms",
-		"RECONCILE_AFTER":       "500ms",
-		"RECONCILE_GRACE":       "2s",
+		// Short leases and a quick reconciler, with the request timeout
+		// they must outlast.
+		"REQUEST_TIMEOUT":    "1s",
+		"PROVIDER_TIMEOUT":   "500ms",
+		"SETTLE_TIMEOUT":     "250ms",
+		"IDEMPOTENCY_LEASE":  "1500ms",
+		"RECONCILE_INTERVAL": "200ms",
+		"RECONCILE_AFTER":    "1500ms",
+		"RECONCILE_GRACE":    "2s",
 		// 40% of charges fail, so the breaker trips now and then. The
 		// clients stop at the end, and with the default 30s open period a
 		// breaker tripped in the last seconds would hold the reconciler

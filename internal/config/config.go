@@ -40,6 +40,7 @@ type Config struct {
 
 	IdempotencyLease       time.Duration
 	IdempotencyResponseTTL time.Duration
+	SettleTimeout          time.Duration
 
 	ReconcileInterval time.Duration
 	ReconcileAfter    time.Duration
@@ -127,16 +128,17 @@ func bind(c *Config) []variable {
 		{name: "REDIS_URL", def: "redis://localhost:6379/0", usage: "Redis URL (idempotency fast path and in-flight locks)", val: redisURL(&c.RedisURL)},
 		{name: "REDIS_TIMEOUT", def: "250ms", usage: "bound on one Redis operation; past it the request falls back to Postgres", val: positiveDuration(&c.RedisTimeout)},
 
-		{name: "IDEMPOTENCY_LEASE", def: "30s", usage: "how long a request holds its key before a retry may take over (how long a crashed request blocks it)", val: positiveDuration(&c.IdempotencyLease)},
+		{name: "IDEMPOTENCY_LEASE", def: "30s", usage: "how long a request holds its key before a retry may take over (how long a crashed request blocks it); longer than REQUEST_TIMEOUT + SETTLE_TIMEOUT", val: positiveDuration(&c.IdempotencyLease)},
 		{name: "IDEMPOTENCY_RESPONSE_TTL", def: "24h", usage: "how long Redis caches completed responses (Postgres keeps them for good)", val: positiveDuration(&c.IdempotencyResponseTTL)},
+		{name: "SETTLE_TIMEOUT", def: "2s", usage: "budget for recording the provider's answer; provider calls end this long before REQUEST_TIMEOUT, and the write is not cut short by it", val: positiveDuration(&c.SettleTimeout)},
 
 		{name: "RECONCILE_INTERVAL", def: "30s", usage: "how often the active reconciler scans for payments left processing", val: positiveDuration(&c.ReconcileInterval)},
-		{name: "RECONCILE_AFTER", def: "1m", usage: "age of a processing payment's last charge attempt before the reconciler looks it up", val: positiveDuration(&c.ReconcileAfter)},
-		{name: "RECONCILE_GRACE", def: "5m", usage: "age after which a payment the provider has no charge for is failed", val: positiveDuration(&c.ReconcileGrace)},
+		{name: "RECONCILE_AFTER", def: "1m", usage: "age of a processing payment's last charge attempt before the reconciler looks it up; longer than REQUEST_TIMEOUT + SETTLE_TIMEOUT", val: positiveDuration(&c.ReconcileAfter)},
+		{name: "RECONCILE_GRACE", def: "5m", usage: "age after which a payment the provider has no charge for is failed; at least RECONCILE_AFTER", val: positiveDuration(&c.ReconcileGrace)},
 		{name: "RECONCILE_BATCH", def: "100", usage: "payments reconciled per scan", val: intRange(&c.ReconcileBatch, 1, 10000)},
 
 		{name: "PROVIDER_URL", def: "http://localhost:8081", usage: "base URL of the payment provider", val: httpURL(&c.ProviderURL)},
-		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt; no attempt starts with less time left before REQUEST_TIMEOUT", val: positiveDuration(&c.ProviderTimeout)},
+		{name: "PROVIDER_TIMEOUT", def: "3s", usage: "timeout of one provider attempt; no attempt starts with less time left before REQUEST_TIMEOUT - SETTLE_TIMEOUT", val: positiveDuration(&c.ProviderTimeout)},
 		{name: "PROVIDER_RATE_LIMIT", def: "100", usage: "provider calls per second, the provider's quota; a call waits for room only within its deadline", val: floatRange(&c.ProviderRateLimit, 0.1, 100000)},
 		{name: "PROVIDER_RATE_BURST", def: "20", usage: "provider calls that may go at once above the steady rate", val: intRange(&c.ProviderRateBurst, 1, 100000)},
 
@@ -240,12 +242,45 @@ func (c Config) check() []error {
 	if c.RetryMaxDelay < c.RetryBaseDelay {
 		errs = append(errs, fmt.Errorf("RETRY_MAX_DELAY=%s must not be shorter than RETRY_BASE_DELAY=%s", c.RetryMaxDelay, c.RetryBaseDelay))
 	}
+	return append(errs, c.checkTiming()...)
+}
+
+// checkTiming enforces the timing rules that keep a payment charged at most
+// once. A request acts on its payment for at most REQUEST_TIMEOUT +
+// SETTLE_TIMEOUT: its provider call ends SETTLE_TIMEOUT before its
+// deadline, and the writes recording the answer have SETTLE_TIMEOUT of
+// their own. Whatever decides that a request has stopped acting — a lease
+// expiring, the reconciler finding a payment stale — must wait longer than
+// that, or it races a request that is still at work.
+func (c Config) checkTiming() []error {
+	if c.RequestTimeout == 0 || c.SettleTimeout == 0 {
+		return nil // one failed to parse, and is reported already
+	}
+	var errs []error
+	acts := c.RequestTimeout + c.SettleTimeout
+	const why = "a request acts on its payment until then"
+	for _, v := range []struct {
+		name  string
+		value time.Duration
+		what  string
+	}{
+		{"IDEMPOTENCY_LEASE", c.IdempotencyLease, "and a retry must not take the payment over before"},
+		{"RECONCILE_AFTER", c.ReconcileAfter, "and the reconciler must not look it up before"},
+		{"RECONCILE_GRACE", c.ReconcileGrace, "and its charge may arrive at the provider until then"},
+	} {
+		if v.value <= acts {
+			errs = append(errs, fmt.Errorf("%s=%s must be longer than REQUEST_TIMEOUT=%s + SETTLE_TIMEOUT=%s: %s, %s",
+				v.name, v.value, c.RequestTimeout, c.SettleTimeout, why, v.what))
+		}
+	}
 	// No provider attempt starts with less than PROVIDER_TIMEOUT left
-	// before its request's deadline. Were the two equal, the time every
-	// request spends before the call (a database write, a queue) would
-	// leave too little, and every payment would be refused.
-	if c.ProviderTimeout >= c.RequestTimeout && c.RequestTimeout != 0 {
-		errs = append(errs, fmt.Errorf("PROVIDER_TIMEOUT=%s must be shorter than REQUEST_TIMEOUT=%s, or no request has time for a provider attempt", c.ProviderTimeout, c.RequestTimeout))
+	// before the call's deadline, SETTLE_TIMEOUT before the request's.
+	// Were they equal, the time every request spends before the call (a
+	// database write, a queue) would leave too little, and every payment
+	// would be refused.
+	if c.ProviderTimeout+c.SettleTimeout >= c.RequestTimeout {
+		errs = append(errs, fmt.Errorf("PROVIDER_TIMEOUT=%s + SETTLE_TIMEOUT=%s must be shorter than REQUEST_TIMEOUT=%s, or no request has time for a provider attempt",
+			c.ProviderTimeout, c.SettleTimeout, c.RequestTimeout))
 	}
 	return errs
 }

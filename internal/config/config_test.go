@@ -83,8 +83,14 @@ func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
 		{"too many attempts", map[string]string{"RETRY_MAX_ATTEMPTS": "50"}, "RETRY_MAX_ATTEMPTS=50: out of range [1, 10]"},
 		{"provider url no host", map[string]string{"PROVIDER_URL": "http://"}, "PROVIDER_URL=(hidden): no host"},
 		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
-		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s must be shorter than REQUEST_TIMEOUT=10s"},
-		{"provider timeout equal to request timeout", map[string]string{"PROVIDER_TIMEOUT": "10s"}, "PROVIDER_TIMEOUT=10s must be shorter than REQUEST_TIMEOUT=10s"},
+		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
+		{"no room to record the provider's answer", map[string]string{"PROVIDER_TIMEOUT": "8s"}, "PROVIDER_TIMEOUT=8s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
+		// The timing rules of at-most-once: nothing may decide a request
+		// stopped acting while it still can.
+		{"lease a request can outlive", map[string]string{"IDEMPOTENCY_LEASE": "12s"}, "IDEMPOTENCY_LEASE=12s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
+		{"reconciler racing requests", map[string]string{"RECONCILE_AFTER": "5s"}, "RECONCILE_AFTER=5s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
+		{"grace shorter than a request", map[string]string{"RECONCILE_AFTER": "1s", "RECONCILE_GRACE": "1s"}, "RECONCILE_GRACE=1s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
+		{"settle budget counts", map[string]string{"REQUEST_TIMEOUT": "5s", "SETTLE_TIMEOUT": "25s", "HTTP_WRITE_TIMEOUT": "1m"}, "IDEMPOTENCY_LEASE=30s must be longer than REQUEST_TIMEOUT=5s + SETTLE_TIMEOUT=25s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -96,6 +102,18 @@ func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
 				t.Fatalf("error = %q\nwant it to contain %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestLoad_AcceptsShortLeasesWithShortRequests(t *testing.T) {
+	// Tests and game days shorten leases: the request timeout comes down
+	// with them.
+	_, err := Load(env(map[string]string{
+		"REQUEST_TIMEOUT": "1s", "PROVIDER_TIMEOUT": "500ms", "SETTLE_TIMEOUT": "250ms",
+		"IDEMPOTENCY_LEASE": "2s", "RECONCILE_AFTER": "1500ms", "RECONCILE_GRACE": "2s",
+	}))
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -275,7 +275,7 @@ func TestPayments_SettleIsFinalAndStoresTheResponse(t *testing.T) {
 	}
 
 	var rendered db.Payment
-	settled, now, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: "ch_1"}, respondWith(`{"first":true}`, &rendered))
+	settled, now, err := repo.Settle(ctx, p.ID, "t", db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: "ch_1"}, respondWith(`{"first":true}`, &rendered))
 	if err != nil || !now || settled.Status != db.StatusSucceeded || string(settled.ResponseBody) != `{"first":true}` {
 		t.Fatalf("Settle = %+v, %v, %v", settled, now, err)
 	}
@@ -291,14 +291,14 @@ func TestPayments_SettleIsFinalAndStoresTheResponse(t *testing.T) {
 		t.Errorf("stored %+v", stored)
 	}
 
-	again, now, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusFailed, FailureCode: "late"}, respondWith(`{"second":true}`, &rendered))
+	again, now, err := repo.Settle(ctx, p.ID, "t", db.Settlement{Status: db.StatusFailed, FailureCode: "late"}, respondWith(`{"second":true}`, &rendered))
 	if err != nil || now {
 		t.Fatalf("second Settle: now=%v err=%v", now, err)
 	}
 	if again.Status != db.StatusSucceeded || string(again.ResponseBody) != `{"first":true}` {
 		t.Errorf("a settled payment changed: %+v", again)
 	}
-	if _, _, err := repo.Settle(ctx, p.ID, db.Settlement{Status: db.StatusProcessing}, respondWith("", &rendered)); err == nil {
+	if _, _, err := repo.Settle(ctx, p.ID, "t", db.Settlement{Status: db.StatusProcessing}, respondWith("", &rendered)); err == nil {
 		t.Error("Settle to processing succeeded, want an error")
 	}
 }
@@ -330,7 +330,7 @@ func TestPayments_StaleListsOnlyUnheldOldProcessingPayments(t *testing.T) {
 		t.Fatal(err)
 	}
 	var seen db.Payment
-	if _, _, err := repo.Settle(ctx, settled.ID, db.Settlement{Status: db.StatusSucceeded}, respondWith("{}", &seen)); err != nil {
+	if _, _, err := repo.Settle(ctx, settled.ID, "t3", db.Settlement{Status: db.StatusSucceeded}, respondWith("{}", &seen)); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(20 * time.Millisecond)
@@ -352,9 +352,57 @@ func TestPayments_StaleListsOnlyUnheldOldProcessingPayments(t *testing.T) {
 	if err := repo.TakeLease(ctx, released.ID, "another", lease); !errors.Is(err, db.ErrLeaseLost) {
 		t.Errorf("a second TakeLease: %v, want ErrLeaseLost", err)
 	}
-	age, err := repo.ChargeAttemptAge(ctx, released.ID)
-	if err != nil || age < 20*time.Millisecond || age > time.Minute {
-		t.Errorf("ChargeAttemptAge = %s, %v", age, err)
+}
+
+func TestPayments_SettleIsFencedByTheLease(t *testing.T) {
+	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), nil)
+	ctx := context.Background()
+	p := claim(t, repo, newPayment("c", "k"), "old", 50*time.Millisecond).Payment
+	time.Sleep(100 * time.Millisecond)
+	if c := claim(t, repo, newPayment("c", "k"), "new", lease); !c.Owned {
+		t.Fatal("the expired lease was not taken over")
+	}
+	var seen db.Payment
+	ok := db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: "ch_1"}
+	if _, _, err := repo.Settle(ctx, p.ID, "old", ok, respondWith("{}", &seen)); !errors.Is(err, db.ErrLeaseLost) {
+		t.Fatalf("Settle by the old holder: %v, want ErrLeaseLost", err)
+	}
+	if got, _ := repo.Get(ctx, "c", p.ID); got.Status != db.StatusProcessing || !got.LeaseActive {
+		t.Fatalf("after the old holder's Settle: %+v; want processing, still held", got)
+	}
+	if _, now, err := repo.Settle(ctx, p.ID, "new", ok, respondWith("{}", &seen)); err != nil || !now {
+		t.Fatalf("Settle by the holder: %v, %v", now, err)
+	}
+	// Once final, anyone's Settle returns the stored row: a late holder
+	// learns the outcome rather than an error.
+	late, now, err := repo.Settle(ctx, p.ID, "old", db.Settlement{Status: db.StatusFailed}, respondWith("{}", &seen))
+	if err != nil || now || late.Status != db.StatusSucceeded {
+		t.Fatalf("Settle of a final payment: %+v, %v, %v; want the stored row", late, now, err)
+	}
+}
+
+func TestPayments_NoChargeSettlementWaitsOutItsGracePeriodUnderTheLock(t *testing.T) {
+	pool := open(t, testenv.NewDatabase(t))
+	repo := db.NewPayments(pool, nil)
+	ctx := context.Background()
+	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
+	if err := repo.StartCharge(ctx, p.ID, "t", lease); err != nil {
+		t.Fatal(err)
+	}
+	var seen db.Payment
+	noCharge := db.Settlement{Status: db.StatusFailed, FailureCode: "no_charge", UnchargedFor: time.Hour}
+	if _, _, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen)); !errors.Is(err, db.ErrAttemptTooRecent) {
+		t.Fatalf("a no-charge verdict an hour early: %v, want ErrAttemptTooRecent", err)
+	}
+	if got, _ := repo.Get(ctx, "c", p.ID); got.Status != db.StatusProcessing {
+		t.Fatalf("the refused verdict changed the payment: %+v", got)
+	}
+	// Make the attempt older than the grace period, as time would.
+	if _, err := pool.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() - interval '2 hours' WHERE id = $1`, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, now, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen)); err != nil || !now || got.FailureCode != "no_charge" {
+		t.Fatalf("the verdict after the grace period: %+v, %v, %v", got, now, err)
 	}
 }
 

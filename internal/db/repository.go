@@ -16,6 +16,10 @@ var (
 	// ErrLeaseLost: the lease named by a token has expired and been taken
 	// over; the payment is someone else's to drive now.
 	ErrLeaseLost = errors.New("payment lease lost")
+	// ErrAttemptTooRecent: a settlement that rests on the provider having
+	// no charge was refused, because a charge was attempted too recently
+	// for that absence to be final.
+	ErrAttemptTooRecent = errors.New("charge attempted too recently")
 )
 
 // Payment statuses as stored. The payments package owns their meaning.
@@ -207,21 +211,6 @@ func (r *Payments) Stale(ctx context.Context, age time.Duration, limit int) ([]P
 	return payments, rows.Err()
 }
 
-// ChargeAttemptAge returns how long ago a charge of the payment was last
-// attempted, by the database's clock.
-func (r *Payments) ChargeAttemptAge(ctx context.Context, id string) (time.Duration, error) {
-	var ms float64
-	err := r.primary.QueryRowContext(ctx,
-		`SELECT extract(epoch FROM now() - charge_attempted_at) * 1000 FROM payments WHERE id = $1`, id).Scan(&ms)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, fmt.Errorf("payment %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("charge attempt age of payment %s: %w", id, err)
-	}
-	return time.Duration(ms * float64(time.Millisecond)), nil
-}
-
 // ByKey returns the client's payment for an idempotency key, from the
 // primary: idempotency decisions must never read stale data.
 func (r *Payments) ByKey(ctx context.Context, clientID, key string) (Payment, error) {
@@ -308,6 +297,12 @@ type Settlement struct {
 	Status           string // StatusSucceeded or StatusFailed
 	ProviderChargeID string
 	FailureCode      string
+	// UnchargedFor, when set, makes the settlement conditional on the
+	// payment's last charge attempt being at least this old, by the
+	// database's clock, checked under the row lock. It is for a verdict
+	// that rests on an absence (the provider has no charge): only time
+	// makes that final, and a charge attempted since would void it.
+	UnchargedFor time.Duration
 }
 
 // Respond renders the response a settled payment's key answers with.
@@ -316,14 +311,15 @@ type Respond func(settled Payment) (status int, body []byte, err error)
 // Settle moves a processing payment to its final state, stores the
 // response respond renders for it, and releases its lease, in one
 // transaction. It returns the row as it then is, and whether this call
-// settled it. Final states never change: if the payment was settled
-// already (by a concurrent retry, say), Settle changes nothing and
-// returns the stored row, whose outcome the provider's idempotency key
-// guarantees is the same.
+// settled it.
 //
-// Settle is not fenced by the lease: whoever settles, the charge is the
-// same one.
-func (r *Payments) Settle(ctx context.Context, id string, s Settlement, respond Respond) (Payment, bool, error) {
+// Settle is fenced: it changes the payment only while token holds its
+// lease (ErrLeaseLost otherwise), checked under the row lock, so a holder
+// whose lease was taken over cannot settle what the new holder is driving.
+// Final states never change: if the payment was settled already (by a
+// concurrent retry, say), Settle changes nothing and returns the stored
+// row, whose outcome the provider's idempotency key guarantees is the same.
+func (r *Payments) Settle(ctx context.Context, id, token string, s Settlement, respond Respond) (Payment, bool, error) {
 	if s.Status != StatusSucceeded && s.Status != StatusFailed {
 		return Payment{}, false, fmt.Errorf("settle payment %s: %q is not a final status", id, s.Status)
 	}
@@ -335,14 +331,26 @@ func (r *Payments) Settle(ctx context.Context, id string, s Settlement, respond 
 
 	// now() is the transaction's start time, the same in both statements:
 	// the response rendered here shows exactly the updated_at stored.
-	var now time.Time
-	var row Payment
-	err = scanRow(tx.QueryRowContext(ctx, `SELECT `+paymentColumns+`, now() FROM payments WHERE id = $1 FOR UPDATE`, id), &row, &now)
-	if err != nil {
+	var (
+		now       time.Time
+		row       Payment
+		holder    bool
+		uncharged bool
+	)
+	err = scanRow(tx.QueryRowContext(ctx, `SELECT `+paymentColumns+`, now(),
+			coalesce(lease_token = $2, false),
+			charge_attempted_at <= now() - $3 * interval '1 millisecond'
+		FROM payments WHERE id = $1 FOR UPDATE`, id, token, s.UnchargedFor.Milliseconds()),
+		&row, &now, &holder, &uncharged)
+	switch {
+	case err != nil:
 		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
-	}
-	if row.Status != StatusProcessing {
+	case row.Status != StatusProcessing:
 		return row, false, nil
+	case !holder:
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, ErrLeaseLost)
+	case s.UnchargedFor > 0 && !uncharged:
+		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, ErrAttemptTooRecent)
 	}
 	row.Status, row.ProviderChargeID, row.FailureCode, row.UpdatedAt = s.Status, s.ProviderChargeID, s.FailureCode, now
 	row.ResponseStatus, row.ResponseBody, err = respond(row)

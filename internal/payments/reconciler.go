@@ -32,6 +32,12 @@ type ReconcilerConfig struct {
 	Grace time.Duration
 	// Batch bounds the payments settled per scan.
 	Batch int
+	// Timeout bounds the reconciliation of one payment: taking its lease
+	// and looking its charge up, retries included. Recording the verdict
+	// then has the service's SettleTimeout. Together they must be shorter
+	// than the lease, so that the reconciler never acts on a payment it
+	// no longer holds (its writes are fenced besides).
+	Timeout time.Duration
 }
 
 // Reconciler settles payments left processing: the provider's answer was
@@ -63,8 +69,11 @@ const (
 
 // NewReconciler returns a reconciler for svc's payments.
 func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer) (*Reconciler, error) {
-	if cfg.Every <= 0 || cfg.After <= 0 || cfg.Grace < cfg.After || cfg.Batch < 1 {
+	if cfg.Every <= 0 || cfg.After <= 0 || cfg.Grace < cfg.After || cfg.Batch < 1 || cfg.Timeout <= 0 {
 		return nil, fmt.Errorf("reconciler: invalid config %+v", cfg)
+	}
+	if cfg.Timeout+svc.SettleTimeout >= svc.Lease {
+		return nil, fmt.Errorf("reconciler: timeout %s + settle timeout %s must be shorter than the lease %s", cfg.Timeout, svc.SettleTimeout, svc.Lease)
 	}
 	r := &Reconciler{
 		svc: svc, cfg: cfg, leader: svc.Repo.Leader(reconcilerLockID), log: svc.Log.With("component", "reconciler"),
@@ -154,24 +163,39 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 }
 
 // reconcile settles one stale payment, if the provider knows its outcome.
+//
+// Every step is bounded: the lease and the lookup by cfg.Timeout, the
+// verdict's write by the service's SettleTimeout, both shorter together
+// than the lease. And every write is fenced by the lease token, so that
+// should a step outlast the lease anyway (a paused process), a retry that
+// took the payment over wins: the reconciler's Settle then changes nothing.
 func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 	log := r.log.With("payment_id", p.ID)
 	token := newToken()
+	step, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
+	defer cancel()
 	// The lease keeps a client's retry from driving the payment while we
 	// decide its fate, and us from deciding while a retry drives it.
-	if err := r.svc.Repo.TakeLease(ctx, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
+	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
 		return resultSkipped
 	} else if err != nil {
 		log.Warn("take lease", "err", err)
 		return resultError
 	}
+	// The writes after the lookup run on a budget of their own: a
+	// lookup cut short (by the timeout, or by shutdown) must still give
+	// the lease back, or the payment waits for it to expire.
 	release := func() {
-		if err := r.svc.Repo.ReleaseLease(ctx, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		record, cancel := r.svc.recordBudget(ctx)
+		defer cancel()
+		if err := r.svc.Repo.ReleaseLease(record, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
 			log.Warn("release lease", "err", err)
 		}
 	}
 
-	ch, found, err := r.svc.Provider.FindCharge(ctx, p.ID)
+	call, cancelCall := r.svc.callBudget(step)
+	ch, found, err := r.svc.Provider.FindCharge(call, p.ID)
+	cancelCall()
 	if err != nil {
 		release()
 		log.Warn("look up charge", "err", err)
@@ -188,20 +212,21 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 		log.Error("provider reports an unknown charge status", "status", ch.Status)
 		return resultError
 	default:
-		age, err := r.svc.Repo.ChargeAttemptAge(ctx, p.ID)
-		if err != nil {
-			release()
-			log.Warn("read charge attempt age", "err", err)
-			return resultError
-		}
-		if age < r.cfg.Grace {
-			release()
-			return resultPending
-		}
-		s = db.Settlement{Status: db.StatusFailed, FailureCode: FailureNoCharge}
+		// No charge: final only if no attempt was made within the grace
+		// period, which Settle checks under the row lock. Checked here,
+		// before it, an attempt made in between would go unseen.
+		s = db.Settlement{Status: db.StatusFailed, FailureCode: FailureNoCharge, UnchargedFor: r.cfg.Grace}
 	}
-	settled, _, err := r.svc.Repo.Settle(ctx, p.ID, s, r.svc.respond("reconciler"))
-	if err != nil {
+	record, cancelRecord := r.svc.recordBudget(ctx)
+	defer cancelRecord()
+	settled, now, err := r.svc.Repo.Settle(record, p.ID, token, s, r.svc.respond("reconciler"))
+	switch {
+	case errors.Is(err, db.ErrAttemptTooRecent):
+		release()
+		return resultPending
+	case errors.Is(err, db.ErrLeaseLost), err == nil && !now:
+		return resultSkipped // taken over, and perhaps settled, by a retry
+	case err != nil:
 		release()
 		log.Warn("settle", "err", err)
 		return resultError

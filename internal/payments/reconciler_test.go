@@ -15,7 +15,7 @@ import (
 func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Reconciler {
 	t.Helper()
 	r, err := payments.NewReconciler(f.svc, payments.ReconcilerConfig{
-		Every: time.Hour, After: time.Millisecond, Grace: grace, Batch: 10,
+		Every: time.Hour, After: time.Millisecond, Grace: grace, Batch: 10, Timeout: 5 * time.Second,
 	}, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)

@@ -57,10 +57,17 @@ type Config struct {
 	Provider Provider
 	Render   Renderer
 	// Lease is how long a request may drive a payment before another may
-	// take it over: the time a crashed request holds its key.
-	Lease   time.Duration
-	Metrics *resilience.IdempotencyMetrics
-	Log     *slog.Logger
+	// take it over: the time a crashed request holds its key. It must
+	// outlast everything a request can still do: its deadline, plus
+	// SettleTimeout.
+	Lease time.Duration
+	// SettleTimeout is the budget of the writes that record the provider's
+	// answer. The provider call ends this long before the request's
+	// deadline, and the writes get this long of their own, whatever the
+	// deadline or the client does: an answer received is never dropped.
+	SettleTimeout time.Duration
+	Metrics       *resilience.IdempotencyMetrics
+	Log           *slog.Logger
 }
 
 // Service creates, reads and lists payments.
@@ -184,30 +191,33 @@ func (s *Service) answerExisting(row db.Payment, in CreateInput) (Result, error)
 }
 
 // drive charges a payment whose lease the caller holds, and settles it.
+//
+// Redis plays no part here. Its in-flight lock only spares Postgres the
+// obvious duplicates; whether this request may charge is the Postgres
+// lease's to say, checked in the statements that write (StartCharge,
+// Settle). A lock Redis lost (a flush, a restart) therefore changes
+// nothing: the request completes, or cleans up, as its lease says.
 func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID string) (Result, error) {
 	row := claim.Payment
 	log := s.Log.With("payment_id", row.ID)
 
-	// Fence before the side effect. If our lease (in Redis or Postgres)
-	// was taken over while we got here, another request is driving this
-	// payment: calling the provider too would be harmless (same key) but
-	// pointless. Renewing also covers the call that follows.
-	if err := resilience.ClaimFrom(ctx).Extend(ctx); errors.Is(err, resilience.ErrLeaseLost) {
-		return Result{}, ErrInFlight
-	}
 	if err := s.Repo.StartCharge(ctx, row.ID, token, s.Lease); err != nil {
 		if errors.Is(err, db.ErrLeaseLost) {
-			return Result{}, ErrInFlight
+			return Result{}, ErrInFlight // taken over: another request drives it
 		}
-		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		// Nothing was sent: free the key rather than strand it behind a
+		// lease nobody uses.
+		return Result{}, s.notSent(ctx, claim, token, err)
 	}
 
-	ch, err := s.Provider.Charge(ctx, provider.ChargeRequest{
+	call, cancel := s.callBudget(ctx)
+	ch, err := s.Provider.Charge(call, provider.ChargeRequest{
 		IdempotencyKey: row.ID, // the same on every attempt, by anyone
 		Amount:         row.Amount,
 		Currency:       row.Currency,
 		Reference:      row.ID,
 	})
+	cancel()
 	var settle db.Settlement
 	switch {
 	case errors.Is(err, provider.ErrNotSent):
@@ -226,15 +236,22 @@ func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID st
 		log.Error("provider answered an unknown charge status; payment stays processing", "status", ch.Status)
 		return s.processing(ctx, row, token, requestID)
 	}
-	settled, now, err := s.Repo.Settle(ctx, row.ID, settle, s.respond(requestID))
-	if err != nil {
+	record, cancel := s.recordBudget(ctx)
+	defer cancel()
+	settled, now, err := s.Repo.Settle(record, row.ID, token, settle, s.respond(requestID))
+	switch {
+	case errors.Is(err, db.ErrLeaseLost):
+		// Our lease was taken over while we were at the provider: the new
+		// holder drives the payment, and meets the same charge.
+		return Result{}, ErrInFlight
+	case err != nil:
 		// The provider has answered but we could not record it: the
 		// payment stays processing until a retry or the reconciler.
 		log.Error("record provider answer", "err", err)
 		return s.processing(ctx, row, token, requestID)
 	}
 	// Settled by us, or just before by a request that took over our
-	// lease: either way the stored response is the answer.
+	// lease and settled it: either way the stored response is the answer.
 	return Result{
 		Payment:  fromRow(settled),
 		Response: Response{Status: settled.ResponseStatus, Body: settled.ResponseBody},
@@ -242,9 +259,30 @@ func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID st
 	}, nil
 }
 
+// callBudget returns ctx with its deadline brought forward by
+// SettleTimeout, for the provider call: every attempt and retry of it ends
+// in time for the answer to be recorded before the request's deadline.
+func (s *Service) callBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	if deadline, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(ctx, deadline.Add(-s.SettleTimeout))
+	}
+	return context.WithCancel(ctx)
+}
+
+// recordBudget returns the context of the writes after the provider call:
+// SettleTimeout of its own, which neither ctx's deadline nor its
+// cancellation cuts short. Whatever the call's outcome, the writes that
+// record it (or release the lease) must happen: skipping them drops a
+// charge's answer, or strands the key behind a lease nobody uses.
+func (s *Service) recordBudget(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.SettleTimeout)
+}
+
 // notSent handles a charge that never reached the provider (a protection
 // refused it, or the provider was unreachable).
 func (s *Service) notSent(ctx context.Context, claim db.Claim, token string, cause error) error {
+	ctx, cancel := s.recordBudget(ctx)
+	defer cancel()
 	if claim.Created {
 		// Never sent, and created by this very request: nothing can have
 		// been charged under this payment id. Forget it, so the client's
@@ -262,7 +300,9 @@ func (s *Service) notSent(ctx context.Context, claim db.Claim, token string, cau
 // processing answers with the payment still processing (202), and
 // releases its lease.
 func (s *Service) processing(ctx context.Context, row db.Payment, token, requestID string) (Result, error) {
-	if err := s.Repo.ReleaseLease(ctx, row.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+	record, cancel := s.recordBudget(ctx)
+	defer cancel()
+	if err := s.Repo.ReleaseLease(record, row.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
 		s.Log.Error("release lease", "payment_id", row.ID, "err", err)
 	}
 	p := fromRow(row)

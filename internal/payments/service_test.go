@@ -2,6 +2,7 @@ package payments_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"io"
 	"log/slog"
@@ -29,6 +30,7 @@ type fixture struct {
 	svc  *payments.Service
 	fake *fakeprovider.Provider
 	repo *db.Payments
+	pool *sql.DB // for tests that play time forward (expire a lease)
 	reg  *prometheus.Registry
 }
 
@@ -56,14 +58,15 @@ func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) 
 		t.Fatal(err)
 	}
 	svc := payments.NewService(payments.Config{
-		Repo:     repo,
-		Provider: client,
-		Render:   api.RenderPayment,
-		Lease:    time.Minute,
-		Metrics:  metrics,
-		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Repo:          repo,
+		Provider:      client,
+		Render:        api.RenderPayment,
+		Lease:         time.Minute,
+		SettleTimeout: time.Second,
+		Metrics:       metrics,
+		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	return fixture{svc: svc, fake: fake, repo: repo, reg: reg}
+	return fixture{svc: svc, fake: fake, repo: repo, pool: pool, reg: reg}
 }
 
 func input(key string, amount int64) payments.CreateInput {

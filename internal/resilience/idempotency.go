@@ -105,39 +105,23 @@ func (s *IdempotencyStore) Claim(ctx context.Context, scope, key string, ttl tim
 	return l, nil
 }
 
-// The lock's value is its owner's token. Extending and releasing compare
-// it in the same atomic step: an owner whose lease expired, and whose key
-// another request has since claimed, must never lengthen or delete the new
-// owner's lock. (A GET then DEL from Go would have a gap between the two.)
-var (
-	extendScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-	return redis.call("PEXPIRE", KEYS[1], ARGV[2])
-end
-return 0`)
-	releaseScript = redis.NewScript(`
+// The lock's value is its owner's token. Releasing compares it in the
+// same atomic step: an owner whose lease expired, and whose key another
+// request has since claimed, must never delete the new owner's lock. (A
+// GET then DEL from Go would have a gap between the two.)
+var releaseScript = redis.NewScript(`
 if redis.call("GET", KEYS[1]) == ARGV[1] then
 	return redis.call("DEL", KEYS[1])
 end
 return 0`)
-)
-
-// Extend renews the lease for ttl from now, or returns ErrLeaseLost.
-func (s *IdempotencyStore) Extend(ctx context.Context, l Lease, ttl time.Duration) error {
-	return s.runOwned(ctx, extendScript, l, ttl.Milliseconds())
-}
 
 // Release deletes the lock if it is still the lease's, or returns
 // ErrLeaseLost and leaves the new owner's lock alone.
 func (s *IdempotencyStore) Release(ctx context.Context, l Lease) error {
-	return s.runOwned(ctx, releaseScript, l)
-}
-
-func (s *IdempotencyStore) runOwned(ctx context.Context, script *redis.Script, l Lease, args ...any) error {
 	var n int64
 	err := s.do(ctx, func(ctx context.Context) error {
 		var err error
-		n, err = script.Run(ctx, s.rdb, []string{l.key}, append([]any{l.token}, args...)...).Int64()
+		n, err = releaseScript.Run(ctx, s.rdb, []string{l.key}, l.token).Int64()
 		return err
 	})
 	switch {
@@ -244,7 +228,9 @@ type IdempotencyConfig struct {
 	Metrics *IdempotencyMetrics
 	Log     *slog.Logger
 	// Lease is how long the in-flight lock is held before it expires,
-	// should its holder die.
+	// should its holder die. It is never extended: it must outlast the
+	// longest request. Were it lost anyway (a flush, a failover), the
+	// durable store still decides.
 	Lease time.Duration
 	// MaxBody bounds the body read to fingerprint the request.
 	MaxBody int64
@@ -274,33 +260,6 @@ type Idempotency struct{ cfg IdempotencyConfig }
 
 // NewIdempotency returns the middleware's owner.
 func NewIdempotency(cfg IdempotencyConfig) *Idempotency { return &Idempotency{cfg: cfg} }
-
-type claimKey struct{}
-
-// Claim is the in-flight lock a request holds in Redis, as the handler
-// sees it: it extends it before a long side effect.
-type Claim struct {
-	store *IdempotencyStore
-	lease Lease
-	ttl   time.Duration
-}
-
-// ClaimFrom returns the request's Redis claim, or nil when the request
-// runs without one (Redis unavailable).
-func ClaimFrom(ctx context.Context) *Claim {
-	c, _ := ctx.Value(claimKey{}).(*Claim)
-	return c
-}
-
-// Extend renews the claim for its full lease from now. It returns
-// ErrLeaseLost if another request has taken the key over; other errors
-// mean Redis failed and can be ignored (the durable store decides).
-func (c *Claim) Extend(ctx context.Context) error {
-	if c == nil {
-		return nil
-	}
-	return c.store.Extend(ctx, c.lease, c.ttl)
-}
 
 // Middleware wraps the handler of one idempotent route:
 //
@@ -356,7 +315,6 @@ func (i *Idempotency) Middleware(next http.Handler) http.Handler {
 		case err != nil:
 			i.degraded("claim in-flight lock", err)
 		default:
-			r = r.WithContext(context.WithValue(ctx, claimKey{}, &Claim{store: c.Store, lease: lease, ttl: c.Lease}))
 			defer func() {
 				// Detached: the client may be gone, the lock must still go.
 				err := c.Store.Release(context.WithoutCancel(ctx), lease)

@@ -1,0 +1,279 @@
+package payments_test
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/resilience"
+	"github.com/resiliencekit/payservice/internal/testenv"
+)
+
+// hooked calls the real provider, then runs a hook before it returns the
+// answer: the test decides what happens between the provider answering
+// and the caller learning of it.
+type hooked struct {
+	payments.Provider
+	afterCharge func(ctx context.Context)
+	afterFind   func(ctx context.Context)
+}
+
+func (h hooked) Charge(ctx context.Context, req provider.ChargeRequest) (provider.Charge, error) {
+	ch, err := h.Provider.Charge(ctx, req)
+	if h.afterCharge != nil {
+		h.afterCharge(ctx)
+	}
+	return ch, err
+}
+
+func (h hooked) FindCharge(ctx context.Context, key string) (provider.Charge, bool, error) {
+	ch, found, err := h.Provider.FindCharge(ctx, key)
+	if h.afterFind != nil {
+		h.afterFind(ctx)
+	}
+	return ch, found, err
+}
+
+// waitForDB polls a boolean query until it is true: for conditions of the
+// database's clock, such as a lease having expired.
+func waitForDB(t *testing.T, pool *sql.DB, what, query string, args ...any) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		var ok bool
+		if err := pool.QueryRow(query, args...).Scan(&ok); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// The reconciler looks a payment up and finds no charge; its lookup
+// outlasts its lease; a client's retry takes the payment over and the
+// provider charges it; only then does the reconciler act on the absence it
+// saw. The retry's charge must win: the reconciler's "no charge" verdict is
+// stale, and committing it would tell the client nothing was paid.
+func TestReconciler_ARetryChargingDuringTheLookupWins(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	// The provider answered 503 without charging: processing, no charge.
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ErrorRate: 1})
+	r := newReconciler(t, f, time.Millisecond)
+
+	looked, resumeReconciler := make(chan struct{}), make(chan struct{})
+	charged, resumeRetry := make(chan struct{}), make(chan struct{})
+	f.svc.Provider = hooked{
+		Provider:    f.svc.Provider,
+		afterFind:   func(context.Context) { close(looked); <-resumeReconciler },
+		afterCharge: func(context.Context) { close(charged); <-resumeRetry },
+	}
+
+	type runResult struct {
+		settled int
+		err     error
+	}
+	reconciled := make(chan runResult, 1)
+	go func() {
+		n, err := r.RunOnce(context.Background())
+		reconciled <- runResult{n, err}
+	}()
+	<-looked // the reconciler holds the lease and saw no charge
+
+	// Its lookup outlasts its lease: expire it, as time would.
+	if _, err := f.pool.Exec(`UPDATE payments SET lease_expires_at = now() WHERE id = $1`, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	type createResult struct {
+		res payments.Result
+		err error
+	}
+	retried := make(chan createResult, 1)
+	go func() {
+		res, err := f.svc.Create(context.Background(), input("k", 1000))
+		retried <- createResult{res, err}
+	}()
+	<-charged // the retry took the payment over, and the provider charged it
+
+	// The retry's attempt is older than the reconciler's grace period, so
+	// that the grace period cannot be what saves the payment.
+	waitForDB(t, f.pool, "the retry's attempt to age past the grace period",
+		`SELECT now() - charge_attempted_at > interval '1 millisecond' FROM payments WHERE id = $1`, p.ID)
+	close(resumeReconciler)
+	rr := <-reconciled
+	close(resumeRetry)
+	cr := <-retried
+
+	if rr.err != nil || rr.settled != 0 {
+		t.Errorf("RunOnce = %d settled, %v; want nothing settled: the payment was no longer the reconciler's", rr.settled, rr.err)
+	}
+	if cr.err != nil || cr.res.Response.Status != http.StatusCreated || cr.res.Payment.Status != payments.StatusSucceeded {
+		t.Fatalf("the retry got %d %s (%v); want 201 succeeded", cr.res.Response.Status, cr.res.Response.Body, cr.err)
+	}
+	got, err := f.svc.Get(context.Background(), "client_a", p.ID)
+	charges := f.fake.Charges()
+	if err != nil || got.Status != payments.StatusSucceeded || len(charges) != 1 || got.ProviderChargeID != charges[0].ID {
+		t.Fatalf("payment %+v (%v), charges %+v: want succeeded with the one charge", got, err, charges)
+	}
+}
+
+// A reconciler whose lease was taken over by a retry never settles the
+// payment, whatever the provider told it: only the current holder may.
+func TestReconciler_SettlesOnlyUnderItsOwnLease(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	r := newReconciler(t, f, time.Hour)
+	f.svc.Provider = hooked{Provider: f.svc.Provider, afterFind: func(context.Context) {
+		// While the reconciler looks, its lease expires and a retry
+		// takes the payment over (and is still at the provider).
+		if _, err := f.pool.Exec(`UPDATE payments SET lease_token = 'a retry', lease_expires_at = now() + interval '1 minute' WHERE id = $1`, p.ID); err != nil {
+			t.Error(err)
+		}
+	}}
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("RunOnce = %d, %v; want nothing settled", settled, err)
+	}
+	if got, _ := f.svc.Get(context.Background(), "client_a", p.ID); got.Status != payments.StatusProcessing {
+		t.Fatalf("the payment became %s under another's lease", got.Status)
+	}
+}
+
+// The provider's answer arrives as the request's deadline passes. It was
+// received, so it must be recorded: the writes after the call have a budget
+// of their own that the deadline does not cancel.
+func TestCreate_AnAnswerArrivingAtTheDeadlineIsRecorded(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	f.svc.Provider = hooked{Provider: f.svc.Provider, afterCharge: func(ctx context.Context) {
+		<-ctx.Done() // the answer is in hand; the deadline passes before we act on it
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	res, err := f.svc.Create(ctx, input("k", 1000))
+	if err != nil || res.Response.Status != http.StatusCreated || res.Payment.Status != payments.StatusSucceeded {
+		t.Fatalf("Create = %d %s (%v); want 201 succeeded", res.Response.Status, res.Response.Body, err)
+	}
+	var leaseHeld bool
+	if err := f.pool.QueryRow(`SELECT lease_token IS NOT NULL FROM payments WHERE id = $1`, res.Payment.ID).Scan(&leaseHeld); err != nil || leaseHeld {
+		t.Fatalf("lease still held: %v (%v)", leaseHeld, err)
+	}
+	f.svc.Provider = f.svc.Provider.(hooked).Provider
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || !retry.Replayed || retry.Response.Status != http.StatusCreated {
+		t.Fatalf("an immediate retry: %d replayed=%v (%v); want the stored 201", retry.Response.Status, retry.Replayed, err)
+	}
+}
+
+// An answer whose deadline passed on the way back leaves nothing held
+// either when the outcome is unknown: the lease is released at once, so a
+// retry can settle the payment without waiting for it to expire.
+func TestCreate_AnUnknownOutcomeAtTheDeadlineReleasesTheLease(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	if err := f.fake.SetFaults(fakeprovider.Faults{ChargeThenErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.Provider = hooked{Provider: f.svc.Provider, afterCharge: func(ctx context.Context) { <-ctx.Done() }}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	res, err := f.svc.Create(ctx, input("k", 1000))
+	if err != nil || res.Response.Status != http.StatusAccepted {
+		t.Fatalf("Create = %d (%v); want 202", res.Response.Status, err)
+	}
+	f.fake.ResetFaults()
+	f.svc.Provider = f.svc.Provider.(hooked).Provider
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || retry.Response.Status != http.StatusCreated {
+		t.Fatalf("an immediate retry: %d (%v); want 201, not 409 for a lease nobody uses", retry.Response.Status, err)
+	}
+}
+
+// Redis loses the request's in-flight lock (a flush, a restart, a
+// failover) after the request took it and before it charges. Postgres,
+// which still says the payment is this request's, decides: the request
+// completes, and the key is not stranded behind a lease nobody drives.
+func TestCreate_RedisLosingTheLockMidRequestDecidesNothing(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	redisURL := testenv.RedisURL(t)
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	t.Cleanup(func() { rdb.Close() })
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := prometheus.NewRegistry()
+	breaker, err := resilience.NewBreaker(resilience.BreakerSettings{
+		Name: "redis", Window: 10 * time.Second, MinRequests: 5, FailureRatio: 0.5, OpenTimeout: time.Second, HalfOpenProbes: 1,
+	}, resilience.RedisOutcome, reg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := resilience.NewIdempotencyMetrics(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := resilience.NewIdempotencyStore(rdb, "test", time.Hour, time.Second, breaker)
+
+	flush := true
+	create := func(w http.ResponseWriter, r *http.Request) {
+		if flush { // between the Redis claim and the charge
+			if err := rdb.FlushDB(r.Context()).Err(); err != nil {
+				t.Error(err)
+			}
+		}
+		res, err := f.svc.Create(r.Context(), input("k", 1000))
+		if err != nil {
+			w.WriteHeader(http.StatusConflict)
+			_, _ = io.WriteString(w, err.Error())
+			return
+		}
+		w.WriteHeader(res.Response.Status)
+		_, _ = w.Write(res.Response.Body)
+	}
+	h := resilience.NewIdempotency(resilience.IdempotencyConfig{
+		Store: store, Metrics: metrics, Log: log, Lease: time.Minute, MaxBody: 1 << 16,
+		Scope:    func(*http.Request) string { return "client_a" },
+		Route:    "/v1/payments",
+		ValidKey: func(k string) bool { return k != "" },
+		Valid:    func([]byte) bool { return true },
+		Final:    func(status int) bool { return status == 201 || status == 402 },
+		InFlight: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusConflict) },
+		Mismatch: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnprocessableEntity) },
+	}).Middleware(http.HandlerFunc(create))
+
+	post := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, "/v1/payments", strings.NewReader(`{"amount":1000,"currency":"usd"}`))
+		req.Header.Set("Idempotency-Key", "k")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	first := post()
+	if first.Code != http.StatusCreated {
+		t.Fatalf("with the Redis lock lost mid-request: %d %s; want 201", first.Code, first.Body)
+	}
+	flush = false
+	again := post()
+	var p struct{ ID string }
+	_ = json.Unmarshal(again.Body.Bytes(), &p)
+	if again.Code != http.StatusCreated || again.Body.String() != first.Body.String() {
+		t.Fatalf("the retry: %d %s; want the first answer replayed", again.Code, again.Body)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
