@@ -25,12 +25,19 @@ import (
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	go func() {
-		// After the first signal starts a graceful shutdown, restore the
-		// default handling: a second signal kills the process at once.
-		<-ctx.Done()
-		stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	// The first signal starts a graceful shutdown; a second one ends the
+	// process at once, with the shell's code for death by that signal.
+	// One channel receives both: restoring the default handling after the
+	// first instead would leave a moment in which a second is ignored.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() { // lives as long as the process
+		<-signals
+		cancel()
+		sig := <-signals
+		fmt.Fprintf(os.Stderr, "server: second %v: exiting at once\n", sig)
+		os.Exit(128 + int(sig.(syscall.Signal)))
 	}()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "server: %v\n", strings.ReplaceAll(err.Error(), "\n", "\nserver: "))
