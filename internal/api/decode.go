@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"reflect"
 	"strings"
 )
 
@@ -56,6 +57,14 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *requestError) {
 // decodeStrict decodes exactly one JSON value into dst. Unknown fields,
 // wrong types and trailing data are errors: a client that sends "amout"
 // must hear about it, not have a field silently ignored.
+//
+// So is a body that says two things at once: an object holding a member
+// twice, or a member whose name matches a field only when case is ignored
+// ("AMOUNT"). encoding/json would take the last duplicate and match names
+// case-insensitively, while the idempotency fingerprint hashes the body as
+// sent: {"amount":5,"AMOUNT":1000} and {"AMOUNT":1000,"amount":5} share a
+// fingerprint but not an amount. Refusing them keeps one accepted body to
+// one meaning.
 func decodeStrict(body []byte, dst any) *requestError {
 	switch trimmed := bytes.TrimSpace(body); {
 	case len(trimmed) == 0:
@@ -72,7 +81,102 @@ func decodeStrict(body []byte, dst any) *requestError {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return &requestError{probMalformed, "The request body holds data after the JSON object."}
 	}
+	if detail := ambiguousMember(body, reflect.TypeOf(dst)); detail != "" {
+		return &requestError{probMalformed, detail}
+	}
 	return nil
+}
+
+// ambiguousMember walks a valid JSON body alongside the type it decodes
+// into, and describes the first member that is repeated within its object,
+// or that names no field of a struct exactly. It returns "" if there is
+// none.
+func ambiguousMember(body []byte, t reflect.Type) string {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	detail, _ := walkMembers(dec, t, "")
+	return detail
+}
+
+// walkMembers reads one value from dec; t is the Go type it decodes into,
+// nil when unknown (inside an any). The error is only a decoding error,
+// which cannot happen on a body the decoder has accepted.
+func walkMembers(dec *json.Decoder, t reflect.Type, path string) (string, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", err
+	}
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch tok {
+	case json.Delim('['):
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		for dec.More() {
+			if detail, err := walkMembers(dec, elem, path+"[]"); detail != "" || err != nil {
+				return detail, err
+			}
+		}
+	case json.Delim('{'):
+		fields := jsonFields(t)
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, err := dec.Token()
+			if err != nil {
+				return "", err
+			}
+			name := tok.(string)
+			member := strings.TrimPrefix(path+"."+name, ".")
+			if seen[name] {
+				return fmt.Sprintf("Field %q appears twice.", member), nil
+			}
+			seen[name] = true
+			var next reflect.Type
+			switch {
+			case fields != nil:
+				ft, ok := fields[name]
+				if !ok {
+					return fmt.Sprintf("Unknown field %q (field names are case-sensitive).", member), nil
+				}
+				next = ft
+			case t != nil && t.Kind() == reflect.Map:
+				next = t.Elem()
+			}
+			if detail, err := walkMembers(dec, next, member); detail != "" || err != nil {
+				return detail, err
+			}
+		}
+	default:
+		return "", nil // a scalar
+	}
+	_, err = dec.Token() // the closing delimiter
+	return "", err
+}
+
+// jsonFields maps the JSON names of a struct's fields to their types, as
+// encoding/json names them; nil if t is not a struct.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if t == nil || t.Kind() != reflect.Struct {
+		return nil
+	}
+	fields := make(map[string]reflect.Type, t.NumField())
+	for f := range t.Fields() {
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		switch name {
+		case "-":
+			continue
+		case "":
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
+	return fields
 }
 
 // describeJSONError turns a decoding error into a sentence for the client.

@@ -183,6 +183,14 @@ func TestCreatePayment_RejectsBadInputWithoutWriting(t *testing.T) {
 		{"null body", postPayment(`null`, nil), 400, "/malformed-request", "JSON object, not null"},
 		{"metadata value null", postPayment(`{"amount":1,"currency":"usd","metadata":{"a":null}}`, nil), 400, "/malformed-request", `"metadata" must be a string, not null`},
 		{"trailing data", postPayment(`{"amount":1000,"currency":"usd"} {}`, nil), 400, "/malformed-request", "after the JSON object"},
+		// 400: a body that says two things at once. encoding/json would
+		// take the last duplicate, and match names ignoring case, while
+		// the idempotency fingerprint hashes the body as sent: two such
+		// bodies meaning different amounts could replay each other.
+		{"duplicate field", postPayment(`{"amount":5,"currency":"usd","amount":1000}`, nil), 400, "/malformed-request", `"amount" appears twice`},
+		{"field in another case", postPayment(`{"amount":5,"currency":"usd","AMOUNT":1000}`, nil), 400, "/malformed-request", `Unknown field "AMOUNT"`},
+		{"field only in another case", postPayment(`{"Amount":1000,"currency":"usd"}`, nil), 400, "/malformed-request", `Unknown field "Amount"`},
+		{"duplicate metadata key", postPayment(`{"amount":1,"currency":"usd","metadata":{"a":"x","a":"y"}}`, nil), 400, "/malformed-request", `"metadata.a" appears twice`},
 		// 422: semantics.
 		{"zero amount", postPayment(`{"amount":0,"currency":"usd"}`, nil), 422, "/invalid-request", "amount"},
 		{"negative amount", postPayment(`{"amount":-5,"currency":"usd"}`, nil), 422, "/invalid-request", "amount"},
