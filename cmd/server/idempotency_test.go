@@ -267,7 +267,14 @@ func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
 	if err := r.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	status, checks := readiness(t, srv.api)
+	// Readiness reuses its checks' results for a second: wait for a fresh
+	// round, which must find Redis degraded and the replica still ready.
+	var status int
+	var checks map[string]string
+	waitFor(t, "readiness to see Redis down", func() bool {
+		status, checks = readiness(t, srv.api)
+		return checks["redis"] != "ok"
+	})
 	if status != 200 || !strings.HasPrefix(checks["redis"], "degraded") {
 		t.Fatalf("ready with Redis down: %d %v; want 200 with redis degraded", status, checks)
 	}

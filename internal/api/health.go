@@ -34,6 +34,12 @@ type Check struct {
 // reason ("unavailable: unreachable"); the error itself, with its
 // addresses and driver messages, goes to the log, once each time a check
 // changes from passing to failing or back, not on every probe.
+//
+// Being public, readiness must also be cheap: the checks' results are
+// reused for checkFreshness, and callers arriving while the checks run
+// wait for them rather than start their own, so a flood of probes costs
+// the dependencies one round of checks a second. Whether the replica is
+// migrated or shutting down is read afresh on every probe.
 type Health struct {
 	checks       []Check
 	timeout      time.Duration
@@ -41,13 +47,24 @@ type Health struct {
 	migrated     atomic.Bool
 	shuttingDown atomic.Bool
 
-	mu   sync.Mutex
-	last map[string]string // each check's last error text; "" when it passed
+	mu      sync.Mutex
+	last    map[string]string // each check's last error text; "" when it passed
+	results []error           // of the last round of checks
+	ranAt   time.Time         // when that round ended
+	running chan struct{}     // closed when the round in progress ends; nil if none
+	now     func() time.Time
+	joined  func() // test hook: a caller waits for the round in progress
 }
+
+// checkFreshness is how long a round of checks answers readiness probes.
+// Well below any orchestrator's probe period, so a probe still sees a
+// dependency fail within a second.
+const checkFreshness = time.Second
 
 // NewHealth returns a Health running checks, each bounded by timeout.
 func NewHealth(timeout time.Duration, log *slog.Logger, checks ...Check) *Health {
-	return &Health{checks: checks, timeout: timeout, log: log, last: make(map[string]string, len(checks))}
+	return &Health{checks: checks, timeout: timeout, log: log, last: make(map[string]string, len(checks)),
+		now: time.Now, joined: func() {}}
 }
 
 // SetMigrated records that the schema is at the version this binary needs.
@@ -94,19 +111,15 @@ func (h *Health) report(ctx context.Context) (bool, healthBody) {
 		ready = false
 	}
 
-	results := make([]error, len(h.checks))
-	var wg sync.WaitGroup
-	for i, c := range h.checks {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(ctx, h.timeout)
-			defer cancel()
-			results[i] = c.Probe(ctx)
-		})
+	results, err := h.check(ctx)
+	if err != nil { // the caller gave up waiting
+		results = make([]error, len(h.checks))
+		for i := range results {
+			results[i] = err
+		}
 	}
-	wg.Wait()
 	for i, c := range h.checks {
 		err := results[i]
-		h.logChange(c, err)
 		switch {
 		case err == nil:
 			body.Checks[c.Name] = "ok"
@@ -126,6 +139,56 @@ func (h *Health) report(ctx context.Context) (bool, healthBody) {
 		body.Status = "unavailable"
 	}
 	return ready, body
+}
+
+// check returns the checks' latest results: those of a round that ended
+// less than checkFreshness ago, or of the round in progress, or of a new
+// round. It fails only if ctx ends while waiting for another caller's
+// round.
+func (h *Health) check(ctx context.Context) ([]error, error) {
+	h.mu.Lock()
+	if h.results != nil && h.now().Sub(h.ranAt) < checkFreshness {
+		defer h.mu.Unlock()
+		return h.results, nil
+	}
+	if running := h.running; running != nil {
+		h.mu.Unlock()
+		h.joined()
+		select {
+		case <-running:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.results, nil
+	}
+	done := make(chan struct{})
+	h.running = done
+	h.mu.Unlock()
+
+	// The round serves every caller waiting for it, so the first caller
+	// leaving must not cut it short: it is bounded by h.timeout alone.
+	ctx = context.WithoutCancel(ctx)
+	results := make([]error, len(h.checks))
+	var wg sync.WaitGroup
+	for i, c := range h.checks {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, h.timeout)
+			defer cancel()
+			results[i] = c.Probe(ctx)
+		})
+	}
+	wg.Wait()
+	for i, c := range h.checks {
+		h.logChange(c, results[i])
+	}
+
+	h.mu.Lock()
+	h.results, h.ranAt, h.running = results, h.now(), nil
+	h.mu.Unlock()
+	close(done)
+	return results, nil
 }
 
 // logChange logs a check's error when it starts failing or fails

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -86,6 +88,10 @@ func TestHealthReady_KeepsErrorDetailsInTheLogOncePerChange(t *testing.T) {
 	h := NewHealth(time.Second, slog.New(slog.NewJSONHandler(&logs, nil)),
 		Check{Name: "postgres", Probe: func(context.Context) error { return pgErr }})
 	h.SetMigrated()
+	// Each probe comes after the last one's result has gone stale, so each
+	// runs the check.
+	now := time.Unix(0, 0)
+	h.now = func() time.Time { now = now.Add(checkFreshness); return now }
 	ready := func() string {
 		rec := httptest.NewRecorder()
 		h.ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
@@ -105,5 +111,86 @@ func TestHealthReady_KeepsErrorDetailsInTheLogOncePerChange(t *testing.T) {
 	ready()
 	if n := strings.Count(logs.String(), "readiness check passes again"); n != 1 {
 		t.Errorf("want one recovery line, got %d:\n%s", n, logs.String())
+	}
+}
+
+// The readiness endpoint is public: a flood of probes must not become a
+// flood of database round trips. Its result is cached for a second, and
+// callers arriving while a probe runs share it.
+func TestHealthReady_AThousandConcurrentProbesPingOnce(t *testing.T) {
+	var pings atomic.Int64
+	release := make(chan struct{})
+	h := NewHealth(time.Second, slog.New(slog.DiscardHandler), Check{Name: "postgres", Probe: func(context.Context) error {
+		if pings.Add(1) == 1 {
+			<-release // the first probe is slow: everyone else arrives meanwhile
+		}
+		return nil
+	}})
+	h.SetMigrated()
+	now := time.Unix(1_000_000, 0)
+	var clockMu sync.Mutex
+	h.now = func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	const callers = 1000
+	joined := make(chan struct{}, callers)
+	h.joined = func() { joined <- struct{}{} }
+
+	codes := make(chan int, callers)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			rec := httptest.NewRecorder()
+			h.ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+			codes <- rec.Code
+		})
+	}
+	// Everyone but the first waits for the first's probe.
+	timeout := time.After(10 * time.Second)
+	for n := 0; n < callers-1; n++ {
+		select {
+		case <-joined:
+		case <-timeout:
+			close(release)
+			wg.Wait()
+			t.Fatalf("only %d of %d callers joined the probe in flight; %d pings", n, callers-1, pings.Load())
+		}
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != http.StatusOK {
+			t.Fatalf("a caller got %d, want 200", code)
+		}
+	}
+	if n := pings.Load(); n != 1 {
+		t.Fatalf("%d concurrent probes pinged %d times, want 1", callers, n)
+	}
+
+	// Fresh for a second: a probe within it pings nothing, one after it
+	// pings once more.
+	h.ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	clockMu.Lock()
+	now = now.Add(1100 * time.Millisecond)
+	clockMu.Unlock()
+	h.ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if n := pings.Load(); n != 2 {
+		t.Errorf("%d pings after one more probe within the second and one after it, want 2", n)
+	}
+}
+
+// Shutting down turns readiness off at once, cache or not.
+func TestHealthReady_ShutdownIsNotCached(t *testing.T) {
+	h := NewHealth(time.Second, slog.New(slog.DiscardHandler), Check{Name: "postgres", Probe: probe(nil)})
+	h.SetMigrated()
+	rec := httptest.NewRecorder()
+	h.ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("ready: %d", rec.Code)
+	}
+	h.SetShuttingDown()
+	rec = httptest.NewRecorder()
+	h.ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("shutting down, within the cache's second: %d, want 503", rec.Code)
 	}
 }
