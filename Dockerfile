@@ -8,7 +8,7 @@
 # everything used here, and naming one makes every build pull it from a
 # registry.
 
-# The base images are build args (DESIGN §7), so a mirror or a locally built
+# The base images are build args, so a mirror or a locally built
 # stand-in can replace them without editing this file.
 # Matches the `go` line of go.mod; the major.minor tag picks up patch releases.
 ARG GO_IMAGE=golang:1.26
@@ -64,5 +64,5 @@ EXPOSE 8080 9090
 HEALTHCHECK --interval=5s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/server", "healthcheck"]
 # Exec form: /server is PID 1 and receives SIGTERM itself, which starts the
-# graceful shutdown (DESIGN §5). Arguments pick a subcommand: `migrate`.
+# graceful shutdown. Arguments pick a subcommand: `migrate`.
 ENTRYPOINT ["/server"]

@@ -22,7 +22,7 @@ BUILD_LABEL=payservice-ci.build=standalone # marks this script's own docker buil
 # touch (or take down) a developer's `docker compose up` stack.
 export COMPOSE_PROJECT_NAME=payservice-ci
 # Builds in this engine have no outbound network otherwise, and `go mod
-# download` needs the module proxy (/work/shared/OFFLINE-DOCKER.md §1, §4).
+# download` needs the module proxy (see .ci/docker-engine.sh).
 export BUILD_NETWORK=host
 
 work=$(mktemp -d)

@@ -47,7 +47,7 @@ func composePath(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(path); err != nil {
-		t.Fatalf("%s is missing: the repository must ship a compose file with services postgres, redis, fakeprovider and app (DESIGN §1, §7): %v", composeFile, err)
+		t.Fatalf("%s is missing: the repository must ship a compose file with services postgres, redis, fakeprovider and app: %v", composeFile, err)
 	}
 	return path
 }
@@ -168,8 +168,8 @@ func TestCompose_AppStartsAfterItsDependencies(t *testing.T) {
 	}
 }
 
-// dockerfileBaseImages reads the Dockerfile's base-image build args (DESIGN
-// §7): it returns their defaults, and fails unless every FROM takes its
+// dockerfileBaseImages reads the Dockerfile's base-image build args: it
+// returns their defaults, and fails unless every FROM takes its
 // image from one of them and each is used.
 func dockerfileBaseImages(t *testing.T, path string) map[string]string {
 	t.Helper()

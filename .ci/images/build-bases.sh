@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pick the base images of the service's Dockerfile (build args GO_IMAGE and
-# RUNTIME_IMAGE, DESIGN §7). The official images when present or pullable;
+# RUNTIME_IMAGE). The official images when present or pullable;
 # otherwise (no registry, as on our CI) stand-ins:
 #   - a Go builder: Debian minbase + ca-certificates, git, and this
 #     machine's /usr/local/go (the toolchain CI already uses);

@@ -82,6 +82,6 @@ build_redis() {
 pg=$(choose_image "$PG_OFFICIAL" "$PG_STANDIN" "$REV" build_postgres)
 redis=$(choose_image "$REDIS_OFFICIAL" "$REDIS_STANDIN" "$REV" build_redis)
 
-# Same images for testcontainers (TEST_*) and for docker compose (DESIGN §7).
+# Same images for testcontainers (TEST_*) and for docker compose.
 printf '%s\n' "TEST_POSTGRES_IMAGE=$pg" "TEST_REDIS_IMAGE=$redis" \
 	"POSTGRES_IMAGE=$pg" "REDIS_IMAGE=$redis"

@@ -27,7 +27,7 @@ import (
 )
 
 // serve runs the service until ctx is cancelled, then shuts down
-// gracefully (DESIGN §5):
+// gracefully:
 //
 //  1. readiness turns 503 at once; liveness stays 200;
 //  2. requests keep being served for SHUTDOWN_DRAIN_DELAY, while load
@@ -124,7 +124,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		// Optional: payments are served correctly through Postgres alone
 		// while Redis is down, so an outage shows as "degraded" and the
 		// replica stays ready. Failing readiness here would take every
-		// replica out of the load balancer at once (DESIGN §2, health).
+		// replica out of the load balancer at once.
 		api.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 	)
 	secrets := make(map[string]string, len(cfg.APIKeys))
@@ -286,8 +286,8 @@ func closeConnsWhileDraining(next http.Handler, draining *atomic.Bool) http.Hand
 	})
 }
 
-// newProvider builds the provider client inside its protections (DESIGN
-// §4). The bulkhead is returned too: shutdown drains it.
+// newProvider builds the provider client inside its protections. The
+// bulkhead is returned too: shutdown drains it.
 func newProvider(cfg config.Config, reg prometheus.Registerer, log *slog.Logger) (*provider.Resilient, *resilience.Bulkhead, error) {
 	const name = "provider"
 	client, err := provider.NewClient(provider.Config{BaseURL: cfg.ProviderURL, AttemptTimeout: cfg.ProviderTimeout})

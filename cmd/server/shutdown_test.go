@@ -15,7 +15,7 @@ import (
 )
 
 // TestShutdown_SIGTERMUnderLoadLosesNoRequest sends SIGTERM to the real
-// binary at a random moment under concurrent load, and checks DESIGN §5:
+// binary at a random moment under concurrent load, and checks the shutdown's promise:
 // readiness turns 503 at once while liveness stays 200, requests keep
 // being served through the drain delay with Connection: close, every
 // request completes, those still in flight when the drain ends included,

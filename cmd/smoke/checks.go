@@ -61,7 +61,7 @@ func (c *client) do(ctx context.Context, r call) (response, error) {
 	return response{status: resp.StatusCode, header: resp.Header, body: body}, nil
 }
 
-// payment holds the fields of a payment (DESIGN §2) that the steps check.
+// payment holds the fields of a payment that the steps check.
 type payment struct {
 	ID               string `json:"id"`
 	Status           string `json:"status"`

@@ -79,7 +79,7 @@ func TestRun_StopsAtTheFirstFailingStepAndSkipsTheRest(t *testing.T) {
 	}
 }
 
-// fakeAPI is the least of payservice's API (DESIGN §2) that smoke checks.
+// fakeAPI is the least of payservice's API that smoke checks.
 // Each switch breaks one contract.
 type fakeAPI struct {
 	notReady        bool // /health/ready answers 503

@@ -12,7 +12,7 @@ import (
 	"strings"
 )
 
-// maxBodyBytes is the largest request body accepted (DESIGN §2).
+// maxBodyBytes is the largest request body accepted.
 const maxBodyBytes = 64 << 10
 
 // requestError is a client error found while reading a request: it carries

@@ -23,7 +23,7 @@ type PaymentService interface {
 	List(ctx context.Context, clientID string, limit int, startingAfter string) (payments.Page, error)
 }
 
-// paymentJSON is a payment as the API shows it (DESIGN §2).
+// paymentJSON is a payment as the API shows it.
 type paymentJSON struct {
 	ID               string            `json:"id"`
 	Amount           int64             `json:"amount"`

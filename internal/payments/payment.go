@@ -46,7 +46,7 @@ type Payment struct {
 	UpdatedAt        time.Time
 }
 
-// Limits of a payment request (DESIGN §2).
+// Limits of a payment request, part of the API's contract.
 const (
 	MinAmount         = 1
 	MaxAmount         = 99_999_999

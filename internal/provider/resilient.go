@@ -9,7 +9,7 @@ import (
 )
 
 // Protections are the resilience patterns put around the provider, one
-// instance each, shared by every call (DESIGN §4).
+// instance each, shared by every call.
 type Protections struct {
 	Bulkhead *resilience.Bulkhead
 	Egress   *resilience.EgressLimiter

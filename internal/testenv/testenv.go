@@ -7,7 +7,7 @@
 // paying a container start each. Tests that stop or restart Redis get a
 // dedicated container (NewRedis).
 //
-// Images come from TEST_POSTGRES_IMAGE and TEST_REDIS_IMAGE (DESIGN §7).
+// Images come from TEST_POSTGRES_IMAGE and TEST_REDIS_IMAGE.
 // Without Docker the tests fail — never skip — with a message saying what
 // to install: a green run must mean the integration tests ran.
 //
