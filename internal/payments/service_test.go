@@ -198,6 +198,22 @@ func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
 	if err != nil || len(page.Payments) != 0 {
 		t.Fatalf("an unsent payment was kept: %+v, %v", page.Payments, err)
 	}
+
+	// The provider is back: the same key pays at once, as a new payment,
+	// not a 409 behind a lease nor a replay of the failure.
+	fake, up := testenv.NewFakeProvider(t)
+	client, err := provider.NewClient(provider.Config{BaseURL: up, AttemptTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.svc.Provider = client
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || retry.Replayed || retry.Response.Status != 201 {
+		t.Fatalf("the key after the unsent charge: %d replayed=%v (%v); want a fresh 201", retry.Response.Status, retry.Replayed, err)
+	}
+	if n := len(fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
 }
 
 func TestCreate_KeyReusedForAnotherRequest(t *testing.T) {
