@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"sync"
@@ -24,9 +25,17 @@ var soakRequests = flag.Int("soak.requests", 1000, "HTTP requests the soak test 
 
 // TestSoak_ChargesAtMostOnceUnderChaos is the soak tool: clients with
 // random retries and concurrent duplicates pay through two server
-// instances while the provider fails 30% of charges outright and 10% after
-// charging, and Redis is flushed once and restarted once. At the end it
-// checks the promise of the whole template:
+// instances, in two phases:
+//
+//   - chaos: the provider fails 30% of charges outright and 10% after
+//     charging, and Redis is flushed once and restarted once;
+//   - slow lookups (a fifth more requests): the provider's charge lookups
+//     take 400ms, 30% of charges fail after charging and 10% outright, and
+//     clients come back to an unknown outcome only after 1.6–2.5s, when
+//     short leases have expired and the reconciler is looking the same
+//     payments up: retries and reconciler race for them.
+//
+// At the end it checks the promise of the whole template:
 //
 //   - provider charges = succeeded payments, charge for charge;
 //   - no client's key was charged twice, and no charge lacks its payment;
@@ -38,7 +47,18 @@ var soakRequests = flag.Int("soak.requests", 1000, "HTTP requests the soak test 
 //	go test ./cmd/server -run Soak -v -soak.requests=10000
 func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	redisC := testenv.NewRedis(t)
+	// The fake provider, behind a switch that slows its charge lookups.
+	fake := fakeprovider.New()
+	var slowLookups atomic.Bool
+	providerSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/v1/charges" && slowLookups.Load() {
+			time.Sleep(400 * time.Millisecond) // a slow provider, not a wait for a race
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(providerSrv.Close)
 	st := newStack(t, map[string]string{
+		"PROVIDER_URL":          providerSrv.URL,
 		"REDIS_URL":             redisC.URL(),
 		"RETRY_MAX_RETRY_AFTER": "0s", // the fake's Retry-After: 1 ends server-side retries; clients retry
 		// Short leases and a quick reconciler, with the request timeout
@@ -56,6 +76,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		// back longer than the wait below: shorten it.
 		"BREAKER_OPEN_TIMEOUT": "1s",
 	})
+	st.fake = fake
 	servers := []*server{st.start(t), st.start(t)}
 	st.faults(t, fakeprovider.Faults{ErrorRate: 0.3, ChargeThenErrorRate: 0.1, LatencyMS: 2})
 
@@ -103,9 +124,10 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	}
 
 	// One logical payment: a first attempt with 0–2 concurrent duplicates,
-	// then retries with jitter until a final answer (or 30 tries).
-	payOnce := func(rng *rand.Rand, worker, n int) {
-		key := fmt.Sprintf("soak-%d-%d", worker, n)
+	// then retries with jitter until a final answer (or 30 tries). A late
+	// client comes back to an unknown outcome (202) only after 1.6–2.5s.
+	payOnce := func(rng *rand.Rand, phase string, worker, n int, late bool) {
+		key := fmt.Sprintf("soak-%s-%d-%d", phase, worker, n)
 		amount := int64(100 + rng.IntN(99_000))
 		if rng.IntN(10) == 0 {
 			amount = amount/1000*1000 + 402 // a decline
@@ -115,12 +137,15 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 			seed := rng.Uint64()
 			dups.Go(func() { send(rand.New(rand.NewPCG(seed, 1)), key, amount) })
 		}
-		final := false
+		final, status := false, 0
 		for try := 0; try < 30 && !final; try++ {
-			if try > 0 {
+			switch {
+			case try > 0 && late && status == http.StatusAccepted:
+				time.Sleep(time.Duration(1600+rng.IntN(900)) * time.Millisecond)
+			case try > 0:
 				time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
 			}
-			_, final = send(rng, key, amount)
+			status, final = send(rng, key, amount)
 		}
 		dups.Wait()
 		if !final {
@@ -152,23 +177,31 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		t.Logf("chaos: Redis started again after %d requests", sent.Load())
 	}()
 
-	start := time.Now()
-	var workers sync.WaitGroup
-	for w := range 16 {
-		workers.Go(func() {
-			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			for n := 0; sent.Load() < total; n++ {
-				logical.Add(1)
-				payOnce(rng, w, n)
-			}
-		})
+	phase := func(name string, until int64, late bool) {
+		var workers sync.WaitGroup
+		for w := range 16 {
+			workers.Go(func() {
+				rng := rand.New(rand.NewPCG(uint64(w), uint64(len(name))))
+				for n := 0; sent.Load() < until; n++ {
+					logical.Add(1)
+					payOnce(rng, name, w, n, late)
+				}
+			})
+		}
+		workers.Wait()
 	}
-	workers.Wait()
+	start := time.Now()
+	phase("chaos", total, false)
 	<-chaosDone
+	t.Logf("phase slow-lookups: from %d requests", sent.Load())
+	slowLookups.Store(true)
+	st.faults(t, fakeprovider.Faults{ErrorRate: 0.1, ChargeThenErrorRate: 0.3, LatencyMS: 2})
+	phase("slowlookups", total+total/5, true)
 	elapsed := time.Since(start)
 
 	// Faults off: the reconciler settles what the clients left processing.
 	st.fake.ResetFaults()
+	slowLookups.Store(false)
 	pool, err := sql.Open("postgres", st.env["DATABASE_URL"])
 	if err != nil {
 		t.Fatal(err)
@@ -275,6 +308,9 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	t.Logf("soak: answers %s", strings.Join(hist, " "))
 	t.Logf("soak: payments %d (succeeded %d, failed %d); provider charges %d (succeeded %d, declined %d)",
 		len(rows), succeeded, failed, len(charges), charged, declined)
+	for i, srv := range servers {
+		t.Logf("soak: server %d reconciler: %s", i, strings.ReplaceAll(metricLines(t, srv, "payservice_reconciler_payments_total"), "\n", "  "))
+	}
 	t.Logf("soak: invariants: charges=succeeded %v; keys charged twice %d; 2xx answers missing from Postgres %d; processing after reconciliation 0 (after %s)",
 		charged == succeeded, countOver(chargedKeys, 1), missing, reconciled)
 }
