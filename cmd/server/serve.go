@@ -143,7 +143,10 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 
 		IdempotencyStore:   idemStore,
 		IdempotencyMetrics: idemMetrics,
-		IdempotencyLease:   cfg.IdempotencyLease,
+		// The Redis lock needs to last only as long as a request can act:
+		// were its release lost (a Redis blip), it would answer 409 for
+		// no longer than that.
+		IdempotencyLockTTL: cfg.RequestTimeout + cfg.SettleTimeout,
 	})
 
 	// Bind before serving: a port conflict fails start-up with a clear

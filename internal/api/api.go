@@ -41,7 +41,7 @@ type Deps struct {
 	// goes to the payments service, whose Postgres claim is the truth.
 	IdempotencyStore   *resilience.IdempotencyStore
 	IdempotencyMetrics *resilience.IdempotencyMetrics
-	IdempotencyLease   time.Duration
+	IdempotencyLockTTL time.Duration
 }
 
 // NewHandler returns the public API.
@@ -94,7 +94,7 @@ func idempotent(d Deps, create http.HandlerFunc) http.HandlerFunc {
 		Store:    d.IdempotencyStore,
 		Metrics:  d.IdempotencyMetrics,
 		Log:      d.Log,
-		Lease:    d.IdempotencyLease,
+		Lease:    d.IdempotencyLockTTL,
 		MaxBody:  maxBodyBytes,
 		Scope:    func(r *http.Request) string { return ClientIDFrom(r.Context()) },
 		Route:    paymentsRoute,

@@ -169,7 +169,7 @@ func bind(c *Config) []variable {
 
 		{name: "HTTP_READ_HEADER_TIMEOUT", def: "5s", usage: "time to read request headers (slowloris guard)", val: positiveDuration(&c.ReadHeaderTimeout)},
 		{name: "HTTP_READ_TIMEOUT", def: "10s", usage: "time to read a whole request", val: positiveDuration(&c.ReadTimeout)},
-		{name: "HTTP_WRITE_TIMEOUT", def: "15s", usage: "time to write a response; must exceed REQUEST_TIMEOUT", val: positiveDuration(&c.WriteTimeout)},
+		{name: "HTTP_WRITE_TIMEOUT", def: "15s", usage: "time to write a response; must exceed REQUEST_TIMEOUT + SETTLE_TIMEOUT", val: positiveDuration(&c.WriteTimeout)},
 		{name: "HTTP_IDLE_TIMEOUT", def: "120s", usage: "keep-alive idle time; above the load balancer's, so it closes first", val: positiveDuration(&c.IdleTimeout)},
 		{name: "REQUEST_TIMEOUT", def: "10s", usage: "deadline of one API request, provider retries included", val: positiveDuration(&c.RequestTimeout)},
 
@@ -233,9 +233,6 @@ func (c Config) check() []error {
 	if c.DBMaxIdleConns > c.DBMaxOpenConns {
 		errs = append(errs, fmt.Errorf("DB_MAX_IDLE_CONNS=%d must not exceed DB_MAX_OPEN_CONNS=%d", c.DBMaxIdleConns, c.DBMaxOpenConns))
 	}
-	if c.WriteTimeout != 0 && c.RequestTimeout >= c.WriteTimeout {
-		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT=%s must be shorter than HTTP_WRITE_TIMEOUT=%s, or clients get a dropped connection instead of an answer", c.RequestTimeout, c.WriteTimeout))
-	}
 	if c.ReconcileGrace < c.ReconcileAfter {
 		errs = append(errs, fmt.Errorf("RECONCILE_GRACE=%s must not be shorter than RECONCILE_AFTER=%s", c.ReconcileGrace, c.ReconcileAfter))
 	}
@@ -272,6 +269,12 @@ func (c Config) checkTiming() []error {
 			errs = append(errs, fmt.Errorf("%s=%s must be longer than REQUEST_TIMEOUT=%s + SETTLE_TIMEOUT=%s: %s, %s",
 				v.name, v.value, c.RequestTimeout, c.SettleTimeout, why, v.what))
 		}
+	}
+	// The answer may come SETTLE_TIMEOUT after the deadline (a cleanup
+	// that started at it); the connection must still be there.
+	if c.WriteTimeout != 0 && acts >= c.WriteTimeout {
+		errs = append(errs, fmt.Errorf("REQUEST_TIMEOUT=%s + SETTLE_TIMEOUT=%s must be shorter than HTTP_WRITE_TIMEOUT=%s, or clients get a dropped connection instead of an answer",
+			c.RequestTimeout, c.SettleTimeout, c.WriteTimeout))
 	}
 	// No provider attempt starts with less than PROVIDER_TIMEOUT left
 	// before the call's deadline, SETTLE_TIMEOUT before the request's.

@@ -82,7 +82,8 @@ func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
 		{"max delay below base delay", map[string]string{"RETRY_BASE_DELAY": "2s", "RETRY_MAX_DELAY": "1s"}, "RETRY_MAX_DELAY=1s must not be shorter than RETRY_BASE_DELAY=2s"},
 		{"too many attempts", map[string]string{"RETRY_MAX_ATTEMPTS": "50"}, "RETRY_MAX_ATTEMPTS=50: out of range [1, 10]"},
 		{"provider url no host", map[string]string{"PROVIDER_URL": "http://"}, "PROVIDER_URL=(hidden): no host"},
-		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
+		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s + SETTLE_TIMEOUT=2s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
+		{"no time to write the last answer", map[string]string{"REQUEST_TIMEOUT": "13s", "IDEMPOTENCY_LEASE": "1m"}, "REQUEST_TIMEOUT=13s + SETTLE_TIMEOUT=2s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
 		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
 		{"no room to record the provider's answer", map[string]string{"PROVIDER_TIMEOUT": "8s"}, "PROVIDER_TIMEOUT=8s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
 		// The timing rules of at-most-once: nothing may decide a request

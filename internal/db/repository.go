@@ -141,6 +141,25 @@ func (r *Payments) Claim(ctx context.Context, p Payment, token string, lease tim
 	return Claim{}, fmt.Errorf("claim key %q: the payment kept disappearing", p.IdempotencyKey)
 }
 
+// Unclaim undoes a Claim whose outcome the caller did not learn (its
+// answer was lost, or its context ended after the statement ran): it
+// deletes p if the caller's insert committed, and releases the lease if
+// the caller's takeover did. Both are fenced by the token, so otherwise it
+// changes nothing. It is safe only because nothing was sent to the
+// provider under this token.
+func (r *Payments) Unclaim(ctx context.Context, p Payment, token string) error {
+	if _, err := r.primary.ExecContext(ctx,
+		`DELETE FROM payments WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, p.ID, token); err != nil {
+		return fmt.Errorf("unclaim payment %s: %w", p.ID, err)
+	}
+	if _, err := r.primary.ExecContext(ctx, `
+		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL
+		WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $3`, p.ClientID, p.IdempotencyKey, token); err != nil {
+		return fmt.Errorf("unclaim key %q: %w", p.IdempotencyKey, err)
+	}
+	return nil
+}
+
 // StartCharge is called by the lease holder just before it calls the
 // provider: it renews the lease for the call and records the attempt, so
 // the reconciler knows a charge may be in flight. It returns ErrLeaseLost
@@ -173,6 +192,16 @@ func (r *Payments) ReleaseLease(ctx context.Context, id, token string) error {
 		WHERE id = $1 AND lease_token = $2`, id, token)
 }
 
+// Defer is the reconciler's ReleaseLease for a payment it could not settle
+// yet: it also records the attempt, which sends the payment to the back of
+// Stale's queue, so payments that cannot be settled now never crowd out
+// those that can.
+func (r *Payments) Defer(ctx context.Context, id, token string) error {
+	return r.fenced(ctx, "defer", id, `
+		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL, reconciled_at = now()
+		WHERE id = $1 AND lease_token = $2`, id, token)
+}
+
 // fenced runs a statement that must change the payment held under a lease,
 // and returns ErrLeaseLost if it changed nothing.
 func (r *Payments) fenced(ctx context.Context, what, id, query string, args ...any) error {
@@ -189,12 +218,14 @@ func (r *Payments) fenced(ctx context.Context, what, id, query string, args ...a
 }
 
 // Stale returns up to limit processing payments that nobody holds and
-// whose last charge attempt is older than age, oldest first.
+// whose last charge attempt is older than age: those the reconciler never
+// looked at first, oldest attempt first, then those it deferred longest
+// ago.
 func (r *Payments) Stale(ctx context.Context, age time.Duration, limit int) ([]Payment, error) {
 	rows, err := r.primary.QueryContext(ctx, `SELECT `+paymentColumns+` FROM payments
 		WHERE status = 'processing' AND charge_attempted_at < now() - $1 * interval '1 millisecond'
 		  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-		ORDER BY charge_attempted_at
+		ORDER BY reconciled_at NULLS FIRST, charge_attempted_at
 		LIMIT $2`, age.Milliseconds(), limit)
 	if err != nil {
 		return nil, fmt.Errorf("list stale payments: %w", err)

@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -276,4 +278,97 @@ func TestCreate_RedisLosingTheLockMidRequestDecidesNothing(t *testing.T) {
 	if n := len(f.fake.Charges()); n != 1 {
 		t.Errorf("%d charges, want 1", n)
 	}
+}
+
+// loseAnswerOf makes the first statement containing match run, and then
+// look failed to its caller, as a connection cut after the commit would.
+func loseAnswerOf(f fixture, match string) {
+	var once sync.Once
+	f.spy.After(func(query string) error {
+		var lost error
+		if strings.Contains(query, match) {
+			once.Do(func() { lost = io.ErrUnexpectedEOF })
+		}
+		return lost
+	})
+}
+
+// The claim commits, and its answer is lost: the request fails, unsure
+// whether it holds the key. Nothing was sent under its token, so it undoes
+// the claim, and the key is usable at once.
+func TestCreate_AClaimWhoseAnswerIsLostIsUndone(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	loseAnswerOf(f, "INSERT INTO payments")
+	if _, err := f.svc.Create(context.Background(), input("k", 1000)); !errors.Is(err, payments.ErrUnavailable) {
+		t.Fatalf("Create with the claim's answer lost: %v, want ErrUnavailable", err)
+	}
+	f.spy.After(nil)
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || retry.Response.Status != http.StatusCreated {
+		t.Fatalf("an immediate retry: %d (%v); want 201, not a 409 behind the lost claim's lease", retry.Response.Status, err)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+// The reconciler takes a payment's lease, and the answer is lost: it gives
+// the lease back rather than leave retries facing a 409 for a whole lease.
+func TestReconciler_ALeaseTakenWithItsAnswerLostIsGivenBack(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	r := newReconciler(t, f, time.Hour)
+	loseAnswerOf(f, "SET lease_token = $2, lease_expires_at")
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
+		t.Fatalf("RunOnce = %d, %v; want nothing settled", settled, err)
+	}
+	f.spy.After(nil)
+	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	if err != nil || retry.Response.Status != http.StatusCreated {
+		t.Fatalf("a retry after the lost lease: %d (%v); want 201", retry.Response.Status, err)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+// Payments the reconciler cannot settle yet (the provider answers a status
+// it does not know) must not hold up, scan after scan, those it can.
+func TestReconciler_PaymentsItCannotSettleDoNotStarveTheOthers(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	stuck := leftProcessing(t, f, "stuck", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	next := leftProcessing(t, f, "next", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
+	r, err := payments.NewReconciler(f.svc, payments.ReconcilerConfig{
+		Every: time.Hour, After: time.Millisecond, Grace: time.Hour, Batch: 1, Timeout: 5 * time.Second,
+	}, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	real := f.svc.Provider
+	f.svc.Provider = unknownStatusFor{Provider: real, id: stuck.ID}
+
+	for range 2 {
+		if _, err := r.RunOnce(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, _ := f.svc.Get(context.Background(), "client_a", next.ID); got.Status != payments.StatusSucceeded {
+		t.Fatalf("after two scans of one payment each, the settleable payment is %s; want succeeded", got.Status)
+	}
+	if got, _ := f.svc.Get(context.Background(), "client_a", stuck.ID); got.Status != payments.StatusProcessing {
+		t.Fatalf("the stuck payment became %s", got.Status)
+	}
+}
+
+// unknownStatusFor answers a status nobody knows for one payment's charge.
+type unknownStatusFor struct {
+	payments.Provider
+	id string
+}
+
+func (u unknownStatusFor) FindCharge(ctx context.Context, key string) (provider.Charge, bool, error) {
+	if key == u.id {
+		return provider.Charge{ID: "ch_x", Status: "pending"}, true, nil
+	}
+	return u.Provider.FindCharge(ctx, key)
 }

@@ -144,6 +144,9 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 		return 0, err
 	}
 	for i, p := range stale {
+		if ctx.Err() != nil {
+			break // stopping: every lookup would fail at once
+		}
 		// While the provider's breaker is open (or its bulkhead full),
 		// every lookup would be refused: leave the rest to a later scan
 		// instead of logging a refusal per payment.
@@ -176,21 +179,25 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 	defer cancel()
 	// The lease keeps a client's retry from driving the payment while we
 	// decide its fate, and us from deciding while a retry drives it.
-	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
-		return resultSkipped
-	} else if err != nil {
-		log.Warn("take lease", "err", err)
-		return resultError
-	}
 	// The writes after the lookup run on a budget of their own: a
 	// lookup cut short (by the timeout, or by shutdown) must still give
-	// the lease back, or the payment waits for it to expire.
+	// the lease back, or the payment waits for it to expire. Deferring
+	// also sends the payment to the back of the queue.
 	release := func() {
 		record, cancel := r.svc.recordBudget(ctx)
 		defer cancel()
-		if err := r.svc.Repo.ReleaseLease(record, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		if err := r.svc.Repo.Defer(record, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
 			log.Warn("release lease", "err", err)
 		}
+	}
+	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
+		return resultSkipped
+	} else if err != nil {
+		// It may have taken the lease and lost only the answer: give it
+		// back (fenced by our token, so a no-op if it did not).
+		release()
+		log.Warn("take lease", "err", err)
+		return resultError
 	}
 
 	call, cancelCall := r.svc.callBudget(step)

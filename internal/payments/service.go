@@ -116,8 +116,12 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 	if err := s.shed(ctx, in); err != nil {
 		return Result{}, err
 	}
+	// From here on the work must not stop halfway because the client hung
+	// up: it runs to its end or to the request's deadline.
+	work, cancel := detach(ctx)
+	defer cancel()
 	token := newToken()
-	claim, err := s.Repo.Claim(ctx, db.Payment{
+	p := db.Payment{
 		ID:             s.newID(),
 		ClientID:       in.ClientID,
 		IdempotencyKey: in.IdempotencyKey,
@@ -126,19 +130,23 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 		Currency:       in.Request.Currency,
 		Description:    in.Request.Description,
 		Metadata:       in.Request.Metadata,
-	}, token, s.Lease)
+	}
+	claim, err := s.Repo.Claim(work, p, token, s.Lease)
 	if err != nil {
+		// The claim may have committed and only its answer been lost:
+		// undo it, or the key stays blocked behind our lease. Nothing was
+		// sent under this token, so undoing is safe.
+		record, cancel := s.recordBudget(ctx)
+		defer cancel()
+		if uerr := s.Repo.Unclaim(record, p, token); uerr != nil {
+			s.Log.Error("undo a claim whose outcome was lost", "payment_id", p.ID, "err", uerr)
+		}
 		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if !claim.Owned {
 		return s.answerExisting(claim.Payment, in)
 	}
 	s.Metrics.Observe(resilience.OutcomeNew)
-
-	// From here on the work must not stop halfway because the client hung
-	// up: it runs to its end or to the request's deadline.
-	work, cancel := detach(ctx)
-	defer cancel()
 	return s.drive(work, claim, token, in.RequestID)
 }
 

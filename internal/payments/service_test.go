@@ -31,6 +31,7 @@ type fixture struct {
 	fake *fakeprovider.Provider
 	repo *db.Payments
 	pool *sql.DB // for tests that play time forward (expire a lease)
+	spy  *testenv.SQLSpy
 	reg  *prometheus.Registry
 }
 
@@ -38,11 +39,7 @@ type fixture struct {
 // provider reached over real HTTP.
 func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) fixture {
 	t.Helper()
-	pool, err := db.Open(testenv.NewDatabase(t), db.PoolConfig{MaxOpenConns: 20, MaxIdleConns: 10, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pool.Close() })
+	pool, spy := testenv.OpenSpied(t, testenv.NewDatabase(t))
 	var fake *fakeprovider.Provider
 	if providerURL == "" {
 		fake, providerURL = testenv.NewFakeProvider(t)
@@ -66,7 +63,7 @@ func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) 
 		Metrics:       metrics,
 		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	return fixture{svc: svc, fake: fake, repo: repo, pool: pool, reg: reg}
+	return fixture{svc: svc, fake: fake, repo: repo, pool: pool, spy: spy, reg: reg}
 }
 
 func input(key string, amount int64) payments.CreateInput {
