@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/resiliencekit/payservice/internal/fakeprovider"
 )
@@ -116,7 +115,9 @@ func TestCrash_KilledAfterRecordingThePaymentBeforeTheCharge(t *testing.T) {
 		id, _ = paymentStatus(t, env["DATABASE_URL"], "queued")
 		return id != ""
 	})
-	time.Sleep(100 * time.Millisecond) // well inside the queue wait
+	waitFor(t, "the queued payment to wait in the bulkhead's queue", func() bool {
+		return metricLine(t, p1.admin, `payservice_bulkhead_queue_depth{name="provider"}`) == `payservice_bulkhead_queue_depth{name="provider"} 1`
+	})
 	p1.kill(t)
 	if n := len(st.fake.ChargesByKey(id)); n != 0 {
 		t.Fatalf("the queued payment reached the provider before the crash (%d charges): the test did not set up its case", n)

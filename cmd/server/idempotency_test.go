@@ -170,59 +170,74 @@ func TestIdempotency_Contract(t *testing.T) {
 	})
 }
 
-func TestIdempotency_FiftyConcurrentIdenticalRequestsChargeOnce(t *testing.T) {
-	st := newStack(t, nil)
-	srv := st.start(t)
-	st.faults(t, fakeprovider.Faults{LatencyMS: 200}) // keep the first in flight
-
-	const n = 50
+// concurrently sends the same payment n times while the first to reach
+// the provider is held there: every other request meets it in flight. It
+// returns the answers, the held one's last.
+func concurrently(t *testing.T, spy *providerSpy, n int, send func(i int) response) []response {
+	t.Helper()
+	held := spy.holdNext()
+	answers := make(chan response, n)
 	var wg sync.WaitGroup
-	results := make([]response, n)
 	for i := range n {
-		wg.Go(func() { results[i] = pay(t, srv, "key_a", "dup", body1000) })
+		wg.Go(func() { answers <- send(i) })
 	}
+	<-held
+	var results []response
+	for range n - 1 { // all but the held one answer while it is held
+		results = append(results, <-answers)
+	}
+	spy.release()
 	wg.Wait()
-	counts := map[string]int{}
-	var id string
-	for _, r := range results {
-		switch {
-		case r.status == 201 && r.header.Get("Idempotent-Replayed") == "true":
-			counts["201 replay"]++
-		case r.status == 201:
-			counts["201"]++
-		case r.status == 409:
-			counts["409"]++
-		default:
-			t.Errorf("unexpected answer %d %s", r.status, r.body)
-		}
-		if r.status == 201 {
-			if p := decodePayment(t, r); id == "" {
-				id = p.ID
-			} else if p.ID != id {
-				t.Errorf("two payments for one key: %s and %s", id, p.ID)
-			}
+	return append(results, <-answers)
+}
+
+// drivenOnce checks that every charge request carried one provider key, and
+// that each key was sent once: one server drove the payment, one time.
+func drivenOnce(t *testing.T, spy *providerSpy, payments int) {
+	t.Helper()
+	requests := spy.chargeRequests()
+	if len(requests) != payments {
+		t.Errorf("charge requests for %d payments, want %d: %v", len(requests), payments, requests)
+	}
+	for key, n := range requests {
+		if n != 1 {
+			t.Errorf("payment %s was sent to the provider %d times, want once", key, n)
 		}
 	}
-	t.Logf("50 concurrent identical requests: %v", counts)
-	if counts["201"] != 1 {
-		t.Errorf("%d fresh 201s, want exactly 1", counts["201"])
+}
+
+func TestIdempotency_FiftyConcurrentIdenticalRequestsChargeOnce(t *testing.T) {
+	st, spy := newSpiedStack(t, nil)
+	srv := st.start(t)
+	results := concurrently(t, spy, 50, func(int) response { return pay(t, srv, "key_a", "dup", body1000) })
+	counts := map[int]int{}
+	for _, r := range results[:len(results)-1] {
+		counts[r.status]++
 	}
+	if counts[409] != 49 {
+		t.Errorf("answers while the first was in flight: %v, want 49 × 409", counts)
+	}
+	if first := results[len(results)-1]; first.status != 201 || first.header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("the first: %d %v, want a fresh 201", first.status, first.header)
+	}
+	drivenOnce(t, spy, 1)
 	if charges := st.fake.Charges(); len(charges) != 1 {
 		t.Errorf("%d provider charges, want 1", len(charges))
 	}
 }
 
 func TestIdempotency_OtherRequestWithTheKeyIs409InFlightAnd422After(t *testing.T) {
-	st := newStack(t, nil)
+	st, spy := newSpiedStack(t, nil)
 	srv := st.start(t)
-	st.faults(t, fakeprovider.Faults{LatencyMS: 500})
+	held := spy.holdNext()
 	first := make(chan response)
 	go func() { first <- pay(t, srv, "key_a", "k", body1000) }()
-	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
+	<-held
 
 	if r := pay(t, srv, "key_a", "k", `{"amount":5,"currency":"usd"}`); r.status != 409 || r.header.Get("Retry-After") == "" {
 		t.Errorf("while in flight: %d (Retry-After %q), want 409 with Retry-After", r.status, r.header.Get("Retry-After"))
 	}
+	spy.release()
 	if r := <-first; r.status != 201 {
 		t.Fatalf("first: %d %s", r.status, r.body)
 	}
@@ -260,7 +275,7 @@ func flushRedis(t *testing.T, url string) {
 
 func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
 	r := testenv.NewRedis(t)
-	st := newStack(t, map[string]string{"REDIS_URL": r.URL()})
+	st, spy := newSpiedStack(t, map[string]string{"REDIS_URL": r.URL()})
 	srv := st.start(t)
 	before := pay(t, srv, "key_a", "before", body1000)
 
@@ -282,16 +297,16 @@ func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
 		t.Errorf("replay with Redis down: %d %s", again.status, again.body)
 	}
 	// Duplicates race with no Redis lock at all: Postgres alone decides.
-	st.faults(t, fakeprovider.Faults{LatencyMS: 100})
-	var wg sync.WaitGroup
-	for range 10 {
-		wg.Go(func() {
-			if r := pay(t, srv, "key_a", "during", body1000); r.status != 201 && r.status != 409 {
-				t.Errorf("with Redis down: %d %s", r.status, r.body)
-			}
-		})
+	results := concurrently(t, spy, 10, func(int) response { return pay(t, srv, "key_a", "during", body1000) })
+	for _, r := range results[:len(results)-1] {
+		if r.status != 409 {
+			t.Errorf("with Redis down, while the first is in flight: %d %s, want 409", r.status, r.body)
+		}
 	}
-	wg.Wait()
+	if first := results[len(results)-1]; first.status != 201 {
+		t.Errorf("with Redis down, the first: %d %s", first.status, first.body)
+	}
+	drivenOnce(t, spy, 2) // "before" and "during"
 	if n := len(st.fake.Charges()); n != 2 {
 		t.Errorf("%d charges, want 2 (one per key)", n)
 	}
@@ -309,13 +324,13 @@ func TestIdempotency_RedisStoppedServesThroughPostgres(t *testing.T) {
 // what it no longer holds; it answers 201 if the retry settled first, or
 // 409 (retry later) if not.
 func TestIdempotency_ALeaseLostMidRequestIsTakenOverAndChargesOnce(t *testing.T) {
-	st := newStack(t, nil)
+	st, spy := newSpiedStack(t, nil)
 	srv := st.start(t)
-	st.faults(t, fakeprovider.Faults{LatencyMS: 1000})
-
+	held := spy.holdNext()
 	first := make(chan response)
 	go func() { first <- pay(t, srv, "key_a", "k", body1000) }()
-	waitFor(t, "the first charge", func() bool { return len(st.fake.Charges()) == 1 })
+	<-held // charged, and the answer is held: the first request stalls
+
 	// Both locks expire, as they would while the request stalled.
 	pool, err := sql.Open("postgres", st.env["DATABASE_URL"])
 	if err != nil {
@@ -328,13 +343,18 @@ func TestIdempotency_ALeaseLostMidRequestIsTakenOverAndChargesOnce(t *testing.T)
 	flushRedis(t, st.redisURL)
 
 	retry := pay(t, srv, "key_a", "k", body1000)
-	r1 := <-first
-	if retry.status != 201 || (r1.status != 201 && r1.status != 409) {
-		t.Fatalf("first %d %s, retry %d %s; want the retry's 201, and 201 or 409 for the stalled first", r1.status, r1.body, retry.status, retry.body)
+	if retry.status != 201 || retry.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("the retry: %d %v %s; want a fresh 201: it took the payment over and drove it", retry.status, retry.header, retry.body)
 	}
-	again := pay(t, srv, "key_a", "k", body1000)
-	if a, b := decodePayment(t, retry), decodePayment(t, again); again.status != 201 || a.ID != b.ID || a.ProviderChargeID != b.ProviderChargeID {
-		t.Errorf("retry %+v, then %d %+v: want one payment, one charge", a, again.status, b)
+	id := decodePayment(t, retry).ID
+	if n := spy.chargeRequests()[id]; n != 2 {
+		t.Errorf("payment %s was sent %d times, want 2: the first, and the retry's with the same provider key", id, n)
+	}
+	spy.release()
+	// The stalled request cannot settle what it no longer holds; it finds
+	// the payment settled and answers with the stored response.
+	if r1 := <-first; r1.status != 201 || r1.header.Get("Idempotent-Replayed") != "true" || string(r1.body) != string(retry.body) {
+		t.Errorf("the stalled first: %d %v %s; want the retry's 201, replayed", r1.status, r1.header, r1.body)
 	}
 	if n := len(st.fake.Charges()); n != 1 {
 		t.Errorf("%d charges, want 1", n)
@@ -392,25 +412,24 @@ func TestIdempotency_UnknownOutcomeIsSettledByTheReconciler(t *testing.T) {
 }
 
 func TestIdempotency_TwoInstancesShareTheKey(t *testing.T) {
-	st := newStack(t, nil)
+	st, spy := newSpiedStack(t, nil)
 	a, b := st.start(t), st.start(t)
-	st.faults(t, fakeprovider.Faults{LatencyMS: 200})
-	var wg sync.WaitGroup
-	for i := range 20 {
+	results := concurrently(t, spy, 20, func(i int) response {
 		srv := a
 		if i%2 == 1 {
 			srv = b
 		}
-		wg.Go(func() {
-			if r := pay(t, srv, "key_a", "k", body1000); r.status != 201 && r.status != 409 {
-				t.Errorf("%d %s", r.status, r.body)
-			}
-		})
+		return pay(t, srv, "key_a", "k", body1000)
+	})
+	for _, r := range results[:len(results)-1] {
+		if r.status != 409 {
+			t.Errorf("while the first is in flight on either instance: %d %s, want 409", r.status, r.body)
+		}
 	}
-	wg.Wait()
-	if n := len(st.fake.Charges()); n != 1 {
-		t.Errorf("two instances, one key: %d charges, want 1", n)
+	if first := results[len(results)-1]; first.status != 201 {
+		t.Errorf("the first: %d %s", first.status, first.body)
 	}
+	drivenOnce(t, spy, 1)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

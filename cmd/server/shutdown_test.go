@@ -110,9 +110,11 @@ func TestShutdown_SIGTERMUnderLoadLosesNoRequest(t *testing.T) {
 	time.Sleep(time.Duration(300+rand.IntN(700)) * time.Millisecond) // a random moment
 	signalledAt := p.signal(t, syscall.SIGTERM)
 	signalled.Store(signalledAt.UnixNano())
-	time.Sleep(100 * time.Millisecond)
+	p.logs.waitFor(t, "the shutdown to start", func(l map[string]any) bool {
+		return strings.HasPrefix(fmt.Sprint(l["msg"]), "shutdown signal received")
+	})
 	if status, _ := readiness(t, p.api); status != 503 {
-		t.Errorf("readiness %dms after SIGTERM: %d, want 503", 100, status)
+		t.Errorf("readiness once the shutdown started: %d, want 503", status)
 	}
 	if r := call(t, http.MethodGet, p.api+"/health/live", "", "", ""); r.status != 200 {
 		t.Errorf("liveness during the drain: %d, want 200", r.status)

@@ -397,12 +397,58 @@ func TestPayments_NoChargeSettlementWaitsOutItsGracePeriodUnderTheLock(t *testin
 	if got, _ := repo.Get(ctx, "c", p.ID); got.Status != db.StatusProcessing {
 		t.Fatalf("the refused verdict changed the payment: %+v", got)
 	}
-	// Make the attempt older than the grace period, as time would.
+
+	// The attempt is old enough now, as time would make it...
+	if _, err := pool.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() - interval '2 hours' WHERE id = $1`, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	// ...but another transaction holds the row, recording a new attempt,
+	// while the verdict is being settled. The verdict must see it: its
+	// check belongs under the row lock, not before it.
+	other, err := pool.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback()
+	if _, err := other.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() WHERE id = $1`, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	settled := make(chan error, 1)
+	go func() {
+		_, _, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen))
+		settled <- err
+	}()
+	waitForLockWait(t, pool)
+	if err := other.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-settled; !errors.Is(err, db.ErrAttemptTooRecent) {
+		t.Fatalf("a verdict racing a new attempt: %v, want ErrAttemptTooRecent", err)
+	}
+
 	if _, err := pool.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() - interval '2 hours' WHERE id = $1`, p.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got, now, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen)); err != nil || !now || got.FailureCode != "no_charge" {
 		t.Fatalf("the verdict after the grace period: %+v, %v, %v", got, now, err)
+	}
+}
+
+// waitForLockWait returns once a session of this database waits for a lock.
+func waitForLockWait(t *testing.T, pool *sql.DB) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		var waiting bool
+		if err := pool.QueryRow(`SELECT count(*) > 0 FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no session ever waited for the row lock")
+		}
 	}
 }
 
@@ -530,6 +576,21 @@ func TestPayments_ListPagesNewestFirst(t *testing.T) {
 	}
 }
 
+func TestPayments_ReadsGoToTheReplica(t *testing.T) {
+	// A "replica" that is its own database: a row only it has shows
+	// which pool answered.
+	primary, replica := open(t, testenv.NewDatabase(t)), open(t, testenv.NewDatabase(t))
+	onlyOnReplica := claim(t, db.NewPayments(replica, nil), newPayment("c", "replica-only"), "t", lease).Payment
+	repo := db.NewPayments(primary, replica)
+	ctx := context.Background()
+	if _, err := repo.Get(ctx, "c", onlyOnReplica.ID); err != nil {
+		t.Errorf("Get of a row only the replica has: %v; reads must go to the replica", err)
+	}
+	if page, _, err := repo.List(ctx, "c", 10, ""); err != nil || len(page) != 1 || page[0].ID != onlyOnReplica.ID {
+		t.Errorf("List: %v, %v; want the replica's row", ids(page), err)
+	}
+}
+
 func TestPayments_ReplicaFallsBackToPrimary(t *testing.T) {
 	primary := open(t, testenv.NewDatabase(t))
 	// A replica that cannot be reached: reads must still work.
@@ -550,8 +611,12 @@ func TestPayments_ReplicaFallsBackToPrimary(t *testing.T) {
 }
 
 func TestPayments_LaggingReplicaFallsBackToPrimary(t *testing.T) {
-	// A replica that has not caught up: an empty database of its own.
-	repo := db.NewPayments(open(t, testenv.NewDatabase(t)), open(t, testenv.NewDatabase(t)))
+	// A replica that has not caught up: a database of its own, holding one
+	// older payment the primary does not have, so that answering from it
+	// shows.
+	primaryPool, replicaPool := open(t, testenv.NewDatabase(t)), open(t, testenv.NewDatabase(t))
+	stale := claim(t, db.NewPayments(replicaPool, nil), newPayment("c", "replica-only"), "t", lease).Payment
+	repo := db.NewPayments(primaryPool, replicaPool)
 	ctx := context.Background()
 	older := claim(t, repo, newPayment("c", "k1"), "t", lease).Payment
 	newer := claim(t, repo, newPayment("c", "k2"), "t", lease).Payment
@@ -560,7 +625,7 @@ func TestPayments_LaggingReplicaFallsBackToPrimary(t *testing.T) {
 	}
 	page, _, err := repo.List(ctx, "c", 10, newer.ID)
 	if err != nil || len(page) != 1 || page[0].ID != older.ID {
-		t.Errorf("List after a cursor the replica lacks: %v, %v; want [%s]", ids(page), err, older.ID)
+		t.Errorf("List after a cursor the replica lacks: %v, %v; want [%s] from the primary, not the replica's %s", ids(page), err, older.ID, stale.ID)
 	}
 	if _, _, err := repo.List(ctx, "c", 10, "pay_nobody"); !errors.Is(err, db.ErrCursorNotFound) {
 		t.Errorf("a cursor neither has: %v, want ErrCursorNotFound", err)

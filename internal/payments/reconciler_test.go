@@ -3,6 +3,8 @@ package payments_test
 import (
 	"context"
 	"encoding/json"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 
 	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/provider"
 )
 
 func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Reconciler {
@@ -130,15 +133,77 @@ func TestReconciler_OnlyOneReplicaIsActive(t *testing.T) {
 	}
 }
 
+// A retry takes the payment between the reconciler's scan and its lease:
+// the reconciler leaves it to the retry, without a word to the provider.
 func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
-	if err := f.repo.TakeLease(context.Background(), p.ID, "a retry", time.Minute); err != nil {
+	reg := prometheus.NewRegistry()
+	r, err := payments.NewReconciler(f.svc, payments.ReconcilerConfig{
+		Every: time.Hour, After: time.Millisecond, Grace: time.Hour, Batch: 10, Timeout: 5 * time.Second,
+	}, reg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if settled, err := newReconciler(t, f, time.Hour).RunOnce(context.Background()); err != nil || settled != 0 {
+	// Admit runs after the scan and before the lease: the retry's moment.
+	var lookups atomic.Int64
+	f.svc.Provider = &retryArrives{Provider: f.svc.Provider, lookups: &lookups, arrive: func() {
+		if err := f.repo.TakeLease(context.Background(), p.ID, "a retry", time.Minute); err != nil {
+			t.Error(err)
+		}
+	}}
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
 		t.Fatalf("RunOnce = %d, %v; a held payment must be left to its holder", settled, err)
 	}
+	if n := counterValue(t, reg, "payservice_reconciler_payments_total", "skipped"); n != 1 {
+		t.Errorf("skipped = %v, want 1", n)
+	}
+	if n := lookups.Load(); n != 0 {
+		t.Errorf("%d lookups of a payment the reconciler did not hold", n)
+	}
+	var holder string
+	if err := f.pool.QueryRow(`SELECT lease_token FROM payments WHERE id = $1`, p.ID).Scan(&holder); err != nil || holder != "a retry" {
+		t.Errorf("lease holder %q (%v), want the retry's", holder, err)
+	}
+}
+
+// retryArrives runs arrive the first time the reconciler asks whether the
+// provider would take a call, and counts lookups.
+type retryArrives struct {
+	payments.Provider
+	lookups *atomic.Int64
+	once    sync.Once
+	arrive  func()
+}
+
+func (r *retryArrives) Admit() error { r.once.Do(r.arrive); return nil }
+
+func (r *retryArrives) FindCharge(ctx context.Context, key string) (provider.Charge, bool, error) {
+	r.lookups.Add(1)
+	return r.Provider.FindCharge(ctx, key)
+}
+
+// counterValue reads one labelled counter from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range families {
+		if fam.GetName() != name {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == result {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{result=%q}", name, result)
+	return 0
 }
 
 func cancelled() context.Context {

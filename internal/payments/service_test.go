@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,29 +107,44 @@ func TestCreate_ChargesOnceAndReplays(t *testing.T) {
 
 func TestCreate_ConcurrentDuplicatesChargeOnce(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
+	// The first charge is held at the provider until every duplicate has
+	// been answered: all of them meet it in flight.
+	var calls atomic.Int64
+	held, release := make(chan struct{}), make(chan struct{})
+	f.svc.Provider = hooked{Provider: f.svc.Provider, afterCharge: func(context.Context) {
+		if calls.Add(1) == 1 {
+			close(held)
+			<-release
+		}
+	}}
 	const n = 20
-	var wg sync.WaitGroup
+	errs := make(chan error, n)
 	ids := make(chan string, n)
+	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
 			res, err := f.svc.Create(context.Background(), input("dup", 1000))
-			switch {
-			case errors.Is(err, payments.ErrInFlight):
-			case err != nil:
-				t.Errorf("Create: %v", err)
-			default:
-				ids <- res.Payment.ID
+			if err != nil {
+				errs <- err
+				return
 			}
+			ids <- res.Payment.ID
 		})
 	}
+	<-held
+	for range n - 1 {
+		if err := <-errs; !errors.Is(err, payments.ErrInFlight) {
+			t.Errorf("a duplicate while the first was in flight: %v, want ErrInFlight", err)
+		}
+	}
+	close(release)
 	wg.Wait()
 	close(ids)
-	seen := map[string]bool{}
-	for id := range ids {
-		seen[id] = true
+	if len(ids) != 1 {
+		t.Fatalf("%d duplicates completed, want the first only", len(ids))
 	}
-	if len(seen) != 1 {
-		t.Errorf("duplicates produced payments %v, want one", seen)
+	if c := calls.Load(); c != 1 {
+		t.Errorf("the provider was called %d times, want once", c)
 	}
 	if c := len(f.fake.Charges()); c != 1 {
 		t.Errorf("provider has %d charges, want 1", c)
