@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/resiliencekit/payservice/internal/config"
@@ -542,9 +543,15 @@ func TestNetworkPolicy_DeniesByDefaultInBothDirections(t *testing.T) {
 }
 
 func TestNetworkPolicy_AdmitsTheAdminPortOnlyFromMonitoring(t *testing.T) {
-	rules := rendered(t).networkPolicy.Spec.Ingress
-	monitoring := labels.Set{"kubernetes.io/metadata.name": "monitoring"}
-	for i, r := range rules {
+	// Whether a rule admits the admin port from the monitoring namespace
+	// and nothing else: without one, Prometheus cannot scrape the pods.
+	scraped := false
+	for i, r := range rendered(t).networkPolicy.Spec.Ingress {
+		// A rule without ports admits every port, the admin port included
+		// (`- {}` admits everything from everywhere).
+		if len(r.Ports) == 0 {
+			t.Errorf("ingress rule %d admits every port, the admin port included", i)
+		}
 		for _, p := range r.Ports {
 			if p.Port == nil {
 				t.Errorf("ingress rule %d admits every port", i)
@@ -554,20 +561,51 @@ func TestNetworkPolicy_AdmitsTheAdminPortOnlyFromMonitoring(t *testing.T) {
 			case "http":
 				// The public API: open, by design (narrowed per cluster).
 			case "admin":
+				// A rule without peers admits from everywhere.
 				if len(r.From) == 0 {
 					t.Errorf("ingress rule %d admits the admin port from anywhere", i)
+					continue
 				}
+				onlyMonitoring := true
 				for _, peer := range r.From {
-					ns, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
-					if peer.NamespaceSelector == nil || err != nil || ns.Empty() || !ns.Matches(monitoring) || peer.IPBlock != nil {
+					if peer.IPBlock != nil || !selectsOnlyNamespace(peer.NamespaceSelector, "monitoring") {
 						t.Errorf("ingress rule %d admits the admin port from %+v, want only the monitoring namespace", i, peer)
+						onlyMonitoring = false
 					}
 				}
+				scraped = scraped || onlyMonitoring
 			default:
 				t.Errorf("ingress rule %d admits port %s, which the container does not serve", i, p.Port.String())
 			}
 		}
 	}
+	if !scraped {
+		t.Error("no ingress rule admits the admin port from the monitoring namespace alone: Prometheus cannot scrape it")
+	}
+}
+
+// selectsOnlyNamespace reports whether sel requires the namespace's
+// kubernetes.io/metadata.name label to be name. The API server sets that
+// label to each namespace's name, so no other namespace can match; a
+// selector on any other label could match namespaces anyone may label.
+func selectsOnlyNamespace(sel *metav1.LabelSelector, name string) bool {
+	if sel == nil { // no namespaceSelector: the policy's own namespace
+		return false
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		return false
+	}
+	reqs, _ := s.Requirements()
+	for _, r := range reqs {
+		switch r.Operator() {
+		case selection.Equals, selection.DoubleEquals, selection.In:
+			if r.Key() == "kubernetes.io/metadata.name" && slices.Equal(r.ValuesUnsorted(), []string{name}) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func TestNetworkPolicy_AllowsEgressOnlyToItsDependencies(t *testing.T) {

@@ -10,8 +10,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,32 +303,34 @@ func metricLine(t *testing.T, admin, prefix string) string {
 }
 
 func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
-	fake, providerURL := testenv.NewFakeProvider(t)
-	s := startRun(t, map[string]string{
-		"DATABASE_URL":             testenv.NewDatabase(t),
-		"REDIS_URL":                testenv.RedisURL(t),
-		"PROVIDER_URL":             providerURL,
-		"API_KEYS":                 "client_a:key_a",
+	// Every request that reaches the provider is counted: the fake's
+	// ledger cannot tell, as a 503 fault records no charge.
+	fake := fakeprovider.New()
+	var requests atomic.Int64
+	provider := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(provider.Close)
+	st := newStack(t, map[string]string{
+		"PROVIDER_URL":             provider.URL,
 		"BREAKER_MIN_REQUESTS":     "4",
 		"BREAKER_OPEN_TIMEOUT":     "1s",
 		"BREAKER_HALF_OPEN_PROBES": "1",
 		"RETRY_MAX_RETRY_AFTER":    "0s", // the fake's Retry-After: 1 ends each call at once
-		"SHUTDOWN_DRAIN_DELAY":     "0s",
 	})
-	waitReady(t, s.api)
-	pay := func(key string) response {
-		return call(t, http.MethodPost, s.api+"/v1/payments", "key_a", key, `{"amount":1000,"currency":"usd"}`)
-	}
+	st.fake = fake // faults go to the fake behind the counter
+	s := st.start(t)
+	payKey := func(key string) response { return pay(t, s, "key_a", key, body1000) }
 	const state = `payservice_breaker_state{name="provider"} `
 
-	if err := fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
-		t.Fatal(err)
-	}
+	st.faults(t, fakeprovider.Faults{ErrorRate: 1})
 	// The provider answers 503 to everything: payments end processing
 	// (202: 5xx is an unknown outcome) until the breaker trips.
+	before := requests.Load()
 	opened := false
 	for i := range 10 {
-		r := pay(fmt.Sprint("fault-", i))
+		r := payKey(fmt.Sprint("fault-", i))
 		if r.status == 503 {
 			opened = true
 			break
@@ -338,13 +342,18 @@ func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
 	if !opened {
 		t.Fatal("the breaker did not open within 10 failing payments")
 	}
+	// The counter sees the outage's calls, so its silence below means
+	// something.
+	if n := requests.Load() - before; n < 4 {
+		t.Fatalf("%d requests reached the provider before the breaker opened, want at least BREAKER_MIN_REQUESTS (4)", n)
+	}
 	if got := metricLine(t, s.admin, state); got != state+"2" {
 		t.Errorf("metric %q, want %q", got, state+"2")
 	}
-	charges := len(fake.Charges())
+	before = requests.Load()
 	for i := range 5 {
 		start := time.Now()
-		r := pay(fmt.Sprint("open-", i))
+		r := payKey(fmt.Sprint("open-", i))
 		took := time.Since(start)
 		if r.status != 503 || r.header.Get("Retry-After") == "" {
 			t.Fatalf("while open: %d (Retry-After %q), want 503 with Retry-After", r.status, r.header.Get("Retry-After"))
@@ -353,21 +362,21 @@ func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
 			t.Errorf("a 503 from the open breaker took %s, want milliseconds", took)
 		}
 	}
-	if len(fake.Charges()) != charges {
-		t.Error("calls reached the provider while the breaker was open")
+	if n := requests.Load() - before; n != 0 {
+		t.Errorf("%d requests reached the provider while the breaker was open, want 0", n)
 	}
 
 	// Faults cleared: after the open timeout a probe succeeds and closes it.
 	fake.ResetFaults()
-	time.Sleep(1100 * time.Millisecond)
-	if r := pay("after"); r.status != 201 {
+	time.Sleep(1100 * time.Millisecond) // BREAKER_OPEN_TIMEOUT, and a margin
+	if r := payKey("after"); r.status != 201 {
 		t.Fatalf("after recovery: %d %s, want 201", r.status, r.body)
 	}
 	if got := metricLine(t, s.admin, state); got != state+"0" {
 		t.Errorf("metric %q, want %q", got, state+"0")
 	}
 	// A key refused with 503 stays usable: nothing was stored for it.
-	if r := pay("open-0"); r.status != 201 {
+	if r := payKey("open-0"); r.status != 201 {
 		t.Errorf("retrying a key refused while open: %d, want 201", r.status)
 	}
 }
@@ -451,6 +460,23 @@ func TestRun_HelpListsEveryVariable(t *testing.T) {
 	}
 }
 
+// dialCounter is a go-redis hook that counts a client's dials, each
+// attempt of its dial retry loop included.
+type dialCounter struct{ n atomic.Int64 }
+
+func (d *dialCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d.n.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+
+func (d *dialCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (d *dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 func TestNewRedis_DialsOnceWhenRedisIsDown(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -458,25 +484,49 @@ func TestNewRedis_DialsOnceWhenRedisIsDown(t *testing.T) {
 	}
 	url := "redis://" + ln.Addr().String() + "/0"
 	ln.Close() // nothing listens: every dial is refused at once
-	ping := func(rdb *redis.Client) time.Duration {
-		defer rdb.Close()
-		start := time.Now()
-		if err := rdb.Ping(context.Background()).Err(); err == nil {
-			t.Fatal("ping to a closed port succeeded")
-		}
-		return time.Since(start)
-	}
+
 	ours, err := newRedis(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts, _ := redis.ParseURL(url)
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts.MaxRetries = -1 // as ours: only the dial retries differ
-	// go-redis's default dials 5 times, 100ms apart: 400ms of waiting.
-	// Compared in one run, so a slow machine slows both.
-	got, dflt := ping(ours), ping(redis.NewClient(opts))
-	t.Logf("ping with Redis down: %s, %s with go-redis's default dial retries", got, dflt)
-	if got > dflt/4 {
-		t.Errorf("ping with Redis down took %s, against %s with 5 dials: it should fail on the first", got, dflt)
+	tests := []struct {
+		name      string
+		client    *redis.Client
+		wantDials int64 // per failed operation
+	}{
+		{"newRedis", ours, 1},
+		// The baseline shows that the hook sees every dial of a retry loop.
+		{"go-redis's default dial retries", redis.NewClient(opts), 5},
+	}
+	took := make([]time.Duration, len(tests))
+	for i, tt := range tests {
+		t.Cleanup(func() { tt.client.Close() })
+		dials := &dialCounter{}
+		tt.client.AddHook(dials)
+		// Several operations: each dials anew, none reuses a failure.
+		const ops = 3
+		start := time.Now()
+		for op := range ops {
+			before := dials.n.Load()
+			if err := tt.client.Ping(context.Background()).Err(); err == nil {
+				t.Fatalf("%s: ping to a closed port succeeded", tt.name)
+			}
+			if n := dials.n.Load() - before; n != tt.wantDials {
+				t.Errorf("%s: ping %d with Redis down dialed %d times, want %d", tt.name, op+1, n, tt.wantDials)
+			}
+		}
+		took[i] = time.Since(start) / ops
+	}
+	// One dial also means none of the 100ms pauses go-redis's default
+	// takes between dials. Compared in one run, so a slow machine slows
+	// both.
+	t.Logf("ping with Redis down: %s, %s with go-redis's default dial retries", took[0], took[1])
+	if took[0] > took[1]/4 {
+		t.Errorf("ping with Redis down took %s, against %s with 5 dials: it should fail on the first", took[0], took[1])
 	}
 }

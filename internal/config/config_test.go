@@ -2,8 +2,9 @@ package config
 
 import (
 	"bytes"
-	"fmt"
 	"log/slog"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -161,17 +162,55 @@ func TestLoad_NeverEchoesSecrets(t *testing.T) {
 func TestUsage_ListsEveryVariableWithDefault(t *testing.T) {
 	var buf bytes.Buffer
 	Usage(&buf)
-	out := buf.String()
-	for _, v := range bind(&Config{}) {
-		if !strings.Contains(out, v.name) {
-			t.Errorf("usage lacks %s", v.name)
+	// Each variable's own row, split into its columns: tabwriter pads them
+	// with at least two spaces, and no name or default has two in a row.
+	// A default found anywhere else in the text proves nothing: "20" and
+	// "10s" belong to several variables.
+	type row struct{ def, usage string }
+	rows := map[string]row{}
+	columns := regexp.MustCompile(` {2,}`)
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if got := columns.Split(lines[0], -1); !slices.Equal(got, []string{"VARIABLE", "DEFAULT", "MEANING"}) {
+		t.Errorf("header %q, want VARIABLE, DEFAULT, MEANING", lines[0])
+	}
+	for _, line := range lines[1:] {
+		f := columns.Split(line, 3)
+		if len(f) != 3 {
+			t.Errorf("row %q: want three columns", line)
+			continue
 		}
-		if v.def != "" && !strings.Contains(out, fmt.Sprintf("%s  ", v.def)) {
-			t.Errorf("usage lacks default %q of %s", v.def, v.name)
+		if _, dup := rows[f[0]]; dup {
+			t.Errorf("%s has more than one row", f[0])
+		}
+		rows[f[0]] = row{f[1], f[2]}
+	}
+
+	vars := bind(&Config{})
+	for _, v := range vars {
+		def := v.def
+		switch {
+		case v.required:
+			def = "(required)"
+		case def == "":
+			def = "(unset)"
+		}
+		got, ok := rows[v.name]
+		if !ok {
+			t.Errorf("usage lacks %s", v.name)
+			continue
+		}
+		if got.def != def {
+			t.Errorf("usage gives %s the default %q, want %q", v.name, got.def, def)
+		}
+		if got.usage != v.usage {
+			t.Errorf("usage gives %s the meaning %q, want %q", v.name, got.usage, v.usage)
 		}
 	}
+	if len(rows) != len(vars) {
+		t.Errorf("usage has %d rows for %d variables", len(rows), len(vars))
+	}
 	for _, name := range []string{"HTTP_ADDR", "ADMIN_ADDR", "DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL", "PROVIDER_URL", "API_KEYS", "SHUTDOWN_DRAIN_DELAY", "SHUTDOWN_TIMEOUT", "LOG_LEVEL"} {
-		if !strings.Contains(out, name) {
+		if _, ok := rows[name]; !ok {
 			t.Errorf("usage lacks the contract variable %s", name)
 		}
 	}

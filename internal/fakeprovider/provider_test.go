@@ -138,12 +138,18 @@ func TestRoutes_AnswerUnknownRoutesAndMethodsInJSON(t *testing.T) {
 func TestNew_DefaultChargeIDsAreDistinct(t *testing.T) {
 	p, srv := start(t)
 
-	for i := range 50 {
+	const n = 50
+	for i := range n {
 		postCharge(t, srv, fmt.Sprintf("key-%d", i), 1000)
 	}
 
+	// Distinct among fewer than n would prove nothing about the rest.
+	charges := p.Charges()
+	if len(charges) != n {
+		t.Fatalf("ledger has %d charges after %d requests with distinct keys, want %d", len(charges), n, n)
+	}
 	seen := make(map[string]bool)
-	for _, ch := range p.Charges() {
+	for _, ch := range charges {
 		if seen[ch.ID] {
 			t.Fatalf("charge ID %s given twice", ch.ID)
 		}

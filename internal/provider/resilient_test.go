@@ -167,26 +167,75 @@ func TestResilient_NoTimeForAnAttemptIsNotSent(t *testing.T) {
 }
 
 func TestResilient_WaitsForQuotaOnlyWhileAnAttemptCouldFollow(t *testing.T) {
-	_, url, requests := countedFakeProvider(t)
-	s := defaults()
-	s.egressRate, s.egressBurst = 0.1, 1 // after the first call, the next token is 10s away
-	r, _ := newResilient(t, url, s)
-	if _, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"}); err != nil {
-		t.Fatal(err)
+	attempt := defaults().policy.AttemptTimeout // 1s
+	tests := []struct {
+		name string
+		// Provider calls a second, in bursts of one: the first call takes
+		// the only token, and the second call's is 1/rate later.
+		rate float64
+		// The second call's deadline. Waiting for its token is worth it
+		// only if a whole attempt timeout is left after the wait.
+		deadline  time.Duration
+		wantErr   error // nil: the second call succeeds
+		wantCalls int64 // requests that reach the provider, the first call's included
+	}{
+		{
+			name:      "waits for a token that leaves time for an attempt",
+			rate:      10, // the token is 100ms away
+			deadline:  100*time.Millisecond + attempt*3/2,
+			wantErr:   nil,
+			wantCalls: 2,
+		},
+		{
+			// The caller's deadline alone would let the call wait; what an
+			// attempt needs after the wait leaves it none.
+			name:      "refused at once when an attempt could not follow the token",
+			rate:      0.5, // the token is 2s away
+			deadline:  2*time.Second + attempt/2,
+			wantErr:   resilience.ErrRateLimited,
+			wantCalls: 1,
+		},
 	}
-	// Less than the 10s to the next token, but more than an attempt
-	// timeout (1s). The caller's deadline alone would let the call wait
-	// for ten seconds; what an attempt needs after the wait leaves it
-	// none. Refused at once for lack of quota, not after a wait whose
-	// token no attempt could use.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second+s.policy.AttemptTimeout/2)
-	defer cancel()
-	_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_2", Amount: 1, Currency: "usd"})
-	if !errors.Is(err, resilience.ErrRateLimited) || !errors.Is(err, provider.ErrNotSent) {
-		t.Fatalf("err = %v, want ErrRateLimited and ErrNotSent", err)
-	}
-	if n := requests.Load(); n != 1 {
-		t.Errorf("%d requests reached the provider, want only the first call's", n)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, url, requests := countedFakeProvider(t)
+			s := defaults()
+			s.egressRate, s.egressBurst = tt.rate, 1
+			r, _ := newResilient(t, url, s)
+			tokenWait := time.Duration(float64(time.Second) / tt.rate)
+
+			first := time.Now() // no later than the first call takes its token
+			if _, err := r.Charge(context.Background(), provider.ChargeRequest{IdempotencyKey: "pay_1", Amount: 1, Currency: "usd"}); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), tt.deadline)
+			defer cancel()
+			second := time.Now()
+			_, err := r.Charge(ctx, provider.ChargeRequest{IdempotencyKey: "pay_2", Amount: 1, Currency: "usd"})
+			took := time.Since(second)
+
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("err = %v, want the call made after waiting for quota", err)
+				}
+				// The token cannot come sooner than tokenWait after the
+				// first call's (a 10% margin for the limiter's rounding).
+				if since := time.Since(first); since < tokenWait*9/10 {
+					t.Errorf("the second call ended %s after the first began, want ≥ %s: it did not wait for quota", since, tokenWait)
+				}
+			} else {
+				if !errors.Is(err, tt.wantErr) || !errors.Is(err, provider.ErrNotSent) {
+					t.Fatalf("err = %v, want %v and ErrNotSent", err, tt.wantErr)
+				}
+				// At once: not after waiting for a token no attempt could use.
+				if took > tokenWait/10 {
+					t.Errorf("refused after %s, want far sooner than the %s wait for quota", took, tokenWait)
+				}
+			}
+			if n := requests.Load(); n != tt.wantCalls {
+				t.Errorf("%d requests reached the provider, want %d", n, tt.wantCalls)
+			}
+		})
 	}
 }
 
