@@ -27,8 +27,8 @@ import (
 	"github.com/failsafe-go/failsafe-go/retrypolicy"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resiliencekit/payservice/internal/provider"
-	"github.com/resiliencekit/payservice/internal/resilience"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
 )
 
 // Settings mirror the service's defaults (`server -h`), so both libraries

@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/resiliencekit/payservice/internal/config"
+	"github.com/resiliencekit/payservice/internal/platform/config"
 )
 
 // Facts about the app that are code, not configuration.

@@ -1,5 +1,5 @@
 // Command fakeprovider serves the fake payment provider of
-// internal/fakeprovider over HTTP, for docker compose, local runs and game
+// internal/payments/fakeprovider over HTTP, for docker compose, local runs and game
 // days: point PROVIDER_URL at it and switch its faults with PUT /_faults.
 //
 // It is configured from the environment only (see -h) and logs one line
@@ -24,7 +24,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 func main() {

@@ -9,8 +9,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/config"
-	"github.com/resiliencekit/payservice/internal/db"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
 // migrate applies pending migrations and exits: for a Kubernetes Job or a
@@ -22,12 +23,12 @@ func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 		return err
 	}
 	log := newLogger(cfg, stdout)
-	pool, err := db.Open(cfg.DatabaseURL, db.PoolConfig{MaxOpenConns: 2, MaxIdleConns: 1, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
+	pool, err := postgres.Open(cfg.DatabaseURL, postgres.PoolConfig{MaxOpenConns: 2, MaxIdleConns: 1, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	migrator, err := db.NewMigrator(pool, log)
+	migrator, err := postgres.NewMigrator(pool, log, paymentsdb.Migrations)
 	if err != nil {
 		return err
 	}
@@ -35,12 +36,12 @@ func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 }
 
 // migrateUp applies pending migrations and says what it did.
-func migrateUp(ctx context.Context, migrator *db.Migrator, log *slog.Logger) error {
+func migrateUp(ctx context.Context, migrator *postgres.Migrator, log *slog.Logger) error {
 	applied, err := migrator.Up(ctx)
 	if err != nil {
 		return err
 	}
-	log.Info("migrations applied", "applied", applied, "version", migrator.Version())
+	log.Info("migrations applied", "applied", applied, "versions", migrator.Versions())
 	return nil
 }
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 // fire sends a payment request whose answer, if any, the test ignores:
@@ -43,7 +43,7 @@ func paymentStatus(t *testing.T, dbURL, key string) (id, status string) {
 
 // retryUntilSettled retries a payment until it is no longer refused as in
 // flight (the crashed request's lease must expire first).
-func retryUntilSettled(t *testing.T, srv *server, key string) response {
+func retryUntilSettled(t *testing.T, srv *instance, key string) response {
 	t.Helper()
 	var r response
 	waitFor(t, "the lease to expire and the retry to settle", func() bool {
@@ -89,7 +89,7 @@ func TestCrash_KilledAfterTheChargeBeforeRecordingIt(t *testing.T) {
 	st.fake.ResetFaults()
 	p2 := startProcess(t, bin, env)
 	waitReady(t, p2.api)
-	r := retryUntilSettled(t, &server{api: p2.api}, "k")
+	r := retryUntilSettled(t, &instance{api: p2.api}, "k")
 	charges := st.fake.Charges()
 	if p := decodePayment(t, r); r.status != 201 || len(charges) != 1 || p.ProviderChargeID != charges[0].ID {
 		t.Fatalf("retry after the crash: %d %s; charges %+v; want 201 with the one charge", r.status, r.body, charges)
@@ -126,14 +126,14 @@ func TestCrash_KilledAfterRecordingThePaymentBeforeTheCharge(t *testing.T) {
 	st.fake.ResetFaults()
 	p2 := startProcess(t, bin, env)
 	waitReady(t, p2.api)
-	r := retryUntilSettled(t, &server{api: p2.api}, "queued")
+	r := retryUntilSettled(t, &instance{api: p2.api}, "queued")
 	if p := decodePayment(t, r); r.status != 201 || p.ID != id {
 		t.Fatalf("retry after the crash: %d %s; want 201 for payment %s", r.status, r.body, id)
 	}
 	if n := len(st.fake.ChargesByKey(id)); n != 1 {
 		t.Errorf("%d charges for the resumed payment, want 1", n)
 	}
-	if r := retryUntilSettled(t, &server{api: p2.api}, "busy"); r.status != 201 || len(st.fake.Charges()) != 2 {
+	if r := retryUntilSettled(t, &instance{api: p2.api}, "busy"); r.status != 201 || len(st.fake.Charges()) != 2 {
 		t.Errorf("the other payment: %d; %d charges in all, want 2", r.status, len(st.fake.Charges()))
 	}
 }

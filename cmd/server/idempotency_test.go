@@ -12,8 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
-	"github.com/resiliencekit/payservice/internal/testenv"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 // stack is one or more servers sharing a database, a Redis and a fake
@@ -26,7 +26,7 @@ type stack struct {
 
 func newStack(t *testing.T, overrides map[string]string) *stack {
 	t.Helper()
-	fake, providerURL := testenv.NewFakeProvider(t)
+	fake, providerURL := fakeprovider.Start(t)
 	s := &stack{fake: fake, redisURL: testenv.RedisURL(t)}
 	s.env = map[string]string{
 		"DATABASE_URL":         testenv.NewDatabase(t),
@@ -43,7 +43,7 @@ func newStack(t *testing.T, overrides map[string]string) *stack {
 }
 
 // start runs one more server of the stack and waits until it is ready.
-func (s *stack) start(t *testing.T) *server {
+func (s *stack) start(t *testing.T) *instance {
 	t.Helper()
 	srv := startRun(t, s.env)
 	waitReady(t, srv.api)
@@ -57,7 +57,7 @@ func (s *stack) faults(t *testing.T, f fakeprovider.Faults) {
 	}
 }
 
-func pay(t *testing.T, srv *server, apiKey, idemKey, body string) response {
+func pay(t *testing.T, srv *instance, apiKey, idemKey, body string) response {
 	t.Helper()
 	return call(t, http.MethodPost, srv.api+"/v1/payments", apiKey, idemKey, body)
 }

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/resiliencekit/payservice/internal/config"
+	"github.com/resiliencekit/payservice/internal/platform/config"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".

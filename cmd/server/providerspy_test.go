@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 // providerSpy serves a fake provider through a handler that counts the

@@ -19,8 +19,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
-	"github.com/resiliencekit/payservice/internal/testenv"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -91,8 +91,8 @@ func (s *logSink) waitFor(t *testing.T, what string, match func(map[string]any) 
 	return nil
 }
 
-// server is run() in a goroutine.
-type server struct {
+// instance is run() in a goroutine.
+type instance struct {
 	api, admin string // base URLs
 	logs       *logSink
 	stop       context.CancelFunc
@@ -101,14 +101,14 @@ type server struct {
 
 // startRun calls run with env (plus loopback addresses on free ports) and
 // waits until both servers listen.
-func startRun(t *testing.T, env map[string]string) *server {
+func startRun(t *testing.T, env map[string]string) *instance {
 	t.Helper()
 	full := map[string]string{"HTTP_ADDR": "127.0.0.1:0", "ADMIN_ADDR": "127.0.0.1:0"}
 	for k, v := range env {
 		full[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{logs: &logSink{}, stop: cancel, done: make(chan error, 1)}
+	s := &instance{logs: &logSink{}, stop: cancel, done: make(chan error, 1)}
 	var stderr bytes.Buffer
 	go func() { s.done <- run(ctx, nil, func(k string) string { return full[k] }, s.logs, &stderr) }()
 	t.Cleanup(func() {
@@ -175,7 +175,7 @@ func readiness(t *testing.T, base string) (int, map[string]string) {
 
 func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 	dbURL, createDB := testenv.NewDatabaseLater(t)
-	fake, providerURL := testenv.NewFakeProvider(t)
+	fake, providerURL := fakeprovider.Start(t)
 	s := startRun(t, map[string]string{
 		"DATABASE_URL":         dbURL,
 		"REDIS_URL":            testenv.RedisURL(t),

@@ -18,12 +18,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/resiliencekit/payservice/internal/api"
-	"github.com/resiliencekit/payservice/internal/config"
-	"github.com/resiliencekit/payservice/internal/db"
 	"github.com/resiliencekit/payservice/internal/payments"
-	"github.com/resiliencekit/payservice/internal/provider"
-	"github.com/resiliencekit/payservice/internal/resilience"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsapi"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/platform/health"
+	"github.com/resiliencekit/payservice/internal/platform/postgres"
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/server"
+	"github.com/resiliencekit/payservice/internal/platform/web"
 )
 
 // serve runs the service until ctx is cancelled, then shuts down
@@ -52,13 +56,16 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	log := newLogger(cfg, stdout)
 	log.Info("starting payservice", "version", version, "config", cfg)
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	// The application's metrics, the platform's and the domain's, share
+	// one namespace: payservice_breaker_state, payservice_http_...
+	reg := prometheus.WrapRegistererWithPrefix(metricsNamespace+"_", registry)
 
-	primary, replica, err := openPools(cfg, reg)
+	primary, replica, err := openPools(cfg, registry)
 	if err != nil {
 		return err
 	}
@@ -94,9 +101,9 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 	svc := payments.NewService(payments.Config{
-		Repo:          db.NewPayments(primary, replica),
+		Repo:          paymentsdb.NewPayments(primary, replica),
 		Provider:      providerClient,
-		Render:        api.RenderPayment,
+		Render:        paymentsapi.Renderer(problemTypes),
 		Lease:         cfg.IdempotencyLease,
 		SettleTimeout: cfg.SettleTimeout,
 		Metrics:       idemMetrics,
@@ -119,35 +126,40 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		return err
 	}
 
-	health := api.NewHealth(time.Second, log,
-		api.Check{Name: "postgres", Probe: primary.PingContext},
+	probes := health.New(time.Second, log,
+		health.Check{Name: "postgres", Probe: primary.PingContext},
 		// Optional: payments are served correctly through Postgres alone
 		// while Redis is down, so an outage shows as "degraded" and the
 		// replica stays ready. Failing readiness here would take every
 		// replica out of the load balancer at once.
-		api.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
+		health.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 	)
 	secrets := make(map[string]string, len(cfg.APIKeys))
 	for _, k := range cfg.APIKeys {
 		secrets[k.ClientID] = k.Secret
 	}
-	handler := api.NewHandler(api.Deps{
-		Payments:       svc,
-		Auth:           api.NewAuthenticator(secrets),
+	handler := web.NewRouter(web.RouterConfig{
+		Auth:           web.NewAuthenticator(metricsNamespace, secrets),
 		ClientLimit:    clientLimit,
 		AnonymousLimit: anonymousLimit,
-		Health:         health,
+		Ready:          probes.Migrated,
+		Live:           probes.Live,
+		ReadyProbe:     probes.Ready,
 		Log:            log,
 		Metrics:        reg,
 		RequestTimeout: cfg.RequestTimeout,
-
+		ProblemTypes:   problemTypes,
+	}, paymentsapi.Routes(paymentsapi.Config{
+		Service:            svc,
+		Log:                log,
+		ProblemTypes:       problemTypes,
 		IdempotencyStore:   idemStore,
 		IdempotencyMetrics: idemMetrics,
 		// The Redis lock needs to last only as long as a request can act:
 		// were its release lost (a Redis blip), it would answer 409 for
 		// no longer than that.
 		IdempotencyLockTTL: cfg.RequestTimeout + cfg.SettleTimeout,
-	})
+	}))
 
 	// Bind before serving: a port conflict fails start-up with a clear
 	// error, and tests can ask for port 0 and read the port from the log.
@@ -164,15 +176,15 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	// Requests' contexts keep ctx's values but not its cancellation: the
 	// signal starts the shutdown, it does not abort work in flight.
 	base := context.WithoutCancel(ctx)
-	timeouts := api.ServerConfig{
+	timeouts := server.HTTPConfig{
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 	}
 	var draining atomic.Bool
-	apiSrv := api.NewServer(closeConnsWhileDraining(handler, &draining), timeouts, base, log)
-	adminSrv := api.NewServer(api.NewAdminHandler(reg), timeouts, base, log)
+	apiSrv := server.NewHTTP(closeConnsWhileDraining(handler, &draining), timeouts, base, log)
+	adminSrv := server.NewHTTP(server.NewAdminHandler(registry), timeouts, base, log)
 
 	// Every goroutine below is owned by serve and ends before it returns,
 	// or within exitGrace of it.
@@ -201,7 +213,7 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 			}
 			return
 		}
-		health.SetMigrated()
+		probes.SetMigrated()
 		log.Info("ready: schema is current")
 		// Settles payments left processing, while this replica leads.
 		reconciler.Run(schemaCtx)
@@ -211,12 +223,12 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	select {
 	case <-ctx.Done():
 		log.Info("shutdown signal received; draining", "drain_delay", cfg.ShutdownDrainDelay, "shutdown_timeout", cfg.ShutdownTimeout)
-		health.SetShuttingDown()
+		probes.SetShuttingDown()
 		draining.Store(true)
 		time.Sleep(cfg.ShutdownDrainDelay)
 	case runErr = <-fatal:
 		log.Error("fatal error; shutting down", "err", runErr)
-		health.SetShuttingDown()
+		probes.SetShuttingDown()
 	}
 	stopSchema()
 
@@ -247,6 +259,15 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	log.Info("stopped")
 	return runErr
 }
+
+// metricsNamespace prefixes the service's metric names, and names it
+// where a name is needed (the authentication realm, Redis keys).
+const metricsNamespace = "payservice"
+
+// problemTypes prefixes the type URI of every problem the API answers
+// with. The .example domain is reserved (RFC 2606): point it at your API's
+// documentation when you adopt the template.
+const problemTypes = "https://payservice.example/problems/"
 
 // exitGrace bounds the last wait of a shutdown, for the goroutines serve
 // owns. By then the servers' have returned, and the reconciler, stopped
@@ -338,12 +359,12 @@ func newProvider(cfg config.Config, reg prometheus.Registerer, log *slog.Logger)
 // prepareSchema waits for Postgres, then migrates it (MIGRATE_ON_START) or
 // waits for a separate `server migrate` to have done so.
 func prepareSchema(ctx context.Context, cfg config.Config, pool *sql.DB, log *slog.Logger) error {
-	migrator, err := db.NewMigrator(pool, log)
+	migrator, err := postgres.NewMigrator(pool, log, paymentsdb.Migrations)
 	if err != nil {
 		return err
 	}
 	err = retryUntil(ctx, log, "postgres not reachable yet", func(ctx context.Context) error {
-		return db.Ping(ctx, pool, 2*time.Second)
+		return postgres.Ping(ctx, pool, 2*time.Second)
 	})
 	if err != nil {
 		return err
@@ -352,7 +373,7 @@ func prepareSchema(ctx context.Context, cfg config.Config, pool *sql.DB, log *sl
 		return retryUntil(ctx, log, "waiting for migrations (MIGRATE_ON_START=false)", func(ctx context.Context) error {
 			pending, err := migrator.Pending(ctx)
 			if err == nil && pending {
-				err = fmt.Errorf("schema is older than version %d", migrator.Version())
+				err = fmt.Errorf("schema is older than versions %v", migrator.Versions())
 			}
 			return err
 		})
@@ -385,13 +406,13 @@ func retryUntil(ctx context.Context, log *slog.Logger, msg string, f func(contex
 // openPools opens the primary pool and, if configured, the replica's, and
 // exports their statistics as metrics.
 func openPools(cfg config.Config, reg prometheus.Registerer) (primary, replica *sql.DB, err error) {
-	pc := db.PoolConfig{
+	pc := postgres.PoolConfig{
 		MaxOpenConns:    cfg.DBMaxOpenConns,
 		MaxIdleConns:    cfg.DBMaxIdleConns,
 		ConnMaxLifetime: cfg.DBConnMaxLifetime,
 		ConnMaxIdleTime: cfg.DBConnMaxIdleTime,
 	}
-	primary, err = db.Open(cfg.DatabaseURL, pc)
+	primary, err = postgres.Open(cfg.DatabaseURL, pc)
 	if err != nil {
 		return nil, nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
@@ -399,7 +420,7 @@ func openPools(cfg config.Config, reg prometheus.Registerer) (primary, replica *
 	if cfg.DatabaseReplicaURL == "" {
 		return primary, nil, nil
 	}
-	replica, err = db.Open(cfg.DatabaseReplicaURL, pc)
+	replica, err = postgres.Open(cfg.DatabaseReplicaURL, pc)
 	if err != nil {
 		primary.Close()
 		return nil, nil, fmt.Errorf("DATABASE_REPLICA_URL: %w", err)
@@ -453,7 +474,7 @@ func newIdempotencyStore(cfg config.Config, rdb *redis.Client, reg prometheus.Re
 	if err != nil {
 		return nil, err
 	}
-	return resilience.NewIdempotencyStore(rdb, "payservice:idem", cfg.IdempotencyResponseTTL, cfg.RedisTimeout, breaker), nil
+	return resilience.NewIdempotencyStore(rdb, metricsNamespace+":idem", cfg.IdempotencyResponseTTL, cfg.RedisTimeout, breaker), nil
 }
 
 func newLogger(cfg config.Config, w io.Writer) *slog.Logger {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 // TestShutdown_SIGTERMUnderLoadLosesNoRequest sends SIGTERM to the real

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
-	"github.com/resiliencekit/payservice/internal/testenv"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 var soakRequests = flag.Int("soak.requests", 1000, "HTTP requests the soak test sends (the README's run uses 10000)")
@@ -77,7 +77,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		"BREAKER_OPEN_TIMEOUT": "1s",
 	})
 	st.fake = fake
-	servers := []*server{st.start(t), st.start(t)}
+	servers := []*instance{st.start(t), st.start(t)}
 	st.faults(t, fakeprovider.Faults{ErrorRate: 0.3, ChargeThenErrorRate: 0.1, LatencyMS: 2})
 
 	var (
@@ -327,7 +327,7 @@ func countOver(m map[string]int, limit int) int {
 
 // metricLines returns the server's metric lines that start with any of the
 // prefixes.
-func metricLines(t *testing.T, srv *server, prefixes ...string) string {
+func metricLines(t *testing.T, srv *instance, prefixes ...string) string {
 	t.Helper()
 	resp, err := http.Get(srv.admin + "/metrics")
 	if err != nil {

@@ -17,11 +17,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments"
-	"github.com/resiliencekit/payservice/internal/provider"
-	"github.com/resiliencekit/payservice/internal/resilience"
-	"github.com/resiliencekit/payservice/internal/testenv"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 // hooked calls the real provider, then runs a hook before it returns the

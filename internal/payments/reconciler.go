@@ -9,8 +9,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resiliencekit/payservice/internal/db"
-	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
 // reconcilerLockID is the advisory lock key that elects the reconciler's
@@ -51,7 +52,7 @@ type ReconcilerConfig struct {
 type Reconciler struct {
 	svc    *Service
 	cfg    ReconcilerConfig
-	leader *db.Leader
+	leader *postgres.Leader
 	log    *slog.Logger
 
 	isLeader prometheus.Gauge
@@ -78,11 +79,11 @@ func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer
 	r := &Reconciler{
 		svc: svc, cfg: cfg, leader: svc.Repo.Leader(reconcilerLockID), log: svc.Log.With("component", "reconciler"),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "payservice_reconciler_leader",
+			Name: "reconciler_leader",
 			Help: "1 while this replica is the active reconciler.",
 		}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "payservice_reconciler_payments_total",
+			Name: "reconciler_payments_total",
 			Help: "Stale processing payments examined by the reconciler, by result.",
 		}, []string{"result"}),
 	}
@@ -172,7 +173,7 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 // than the lease. And every write is fenced by the lease token, so that
 // should a step outlast the lease anyway (a paused process), a retry that
 // took the payment over wins: the reconciler's Settle then changes nothing.
-func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
+func (r *Reconciler) reconcile(ctx context.Context, p paymentsdb.Payment) string {
 	log := r.log.With("payment_id", p.ID)
 	token := newToken()
 	step, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
@@ -186,11 +187,11 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 	release := func() {
 		record, cancel := r.svc.recordBudget(ctx)
 		defer cancel()
-		if err := r.svc.Repo.Defer(record, p.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		if err := r.svc.Repo.Defer(record, p.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
 			log.Warn("release lease", "err", err)
 		}
 	}
-	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, db.ErrLeaseLost) {
+	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, paymentsdb.ErrLeaseLost) {
 		return resultSkipped
 	} else if err != nil {
 		// It may have taken the lease and lost only the answer: give it
@@ -208,12 +209,12 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 		log.Warn("look up charge", "err", err)
 		return resultError
 	}
-	var s db.Settlement
+	var s paymentsdb.Settlement
 	switch {
 	case found && ch.Status == provider.ChargeSucceeded:
-		s = db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: ch.ID}
+		s = paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: ch.ID}
 	case found && ch.Status == provider.ChargeDeclined:
-		s = db.Settlement{Status: db.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
+		s = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
 	case found:
 		release()
 		log.Error("provider reports an unknown charge status", "status", ch.Status)
@@ -222,16 +223,16 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 		// No charge: final only if no attempt was made within the grace
 		// period, which Settle checks under the row lock. Checked here,
 		// before it, an attempt made in between would go unseen.
-		s = db.Settlement{Status: db.StatusFailed, FailureCode: FailureNoCharge, UnchargedFor: r.cfg.Grace}
+		s = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, FailureCode: FailureNoCharge, UnchargedFor: r.cfg.Grace}
 	}
 	record, cancelRecord := r.svc.recordBudget(ctx)
 	defer cancelRecord()
 	settled, now, err := r.svc.Repo.Settle(record, p.ID, token, s, r.svc.respond("reconciler"))
 	switch {
-	case errors.Is(err, db.ErrAttemptTooRecent):
+	case errors.Is(err, paymentsdb.ErrAttemptTooRecent):
 		release()
 		return resultPending
-	case errors.Is(err, db.ErrLeaseLost), err == nil && !now:
+	case errors.Is(err, paymentsdb.ErrLeaseLost), err == nil && !now:
 		return resultSkipped // taken over, and perhaps settled, by a retry
 	case err != nil:
 		release()
@@ -239,7 +240,7 @@ func (r *Reconciler) reconcile(ctx context.Context, p db.Payment) string {
 		return resultError
 	}
 	log.Info("reconciled payment", "status", settled.Status, "provider_charge_id", settled.ProviderChargeID)
-	if settled.Status == db.StatusSucceeded {
+	if settled.Status == paymentsdb.StatusSucceeded {
 		return resultSucceeded
 	}
 	return resultFailed

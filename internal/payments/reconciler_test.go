@@ -10,9 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments"
-	"github.com/resiliencekit/payservice/internal/provider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
 )
 
 func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Reconciler {
@@ -155,7 +155,7 @@ func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
 	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
 		t.Fatalf("RunOnce = %d, %v; a held payment must be left to its holder", settled, err)
 	}
-	if n := counterValue(t, reg, "payservice_reconciler_payments_total", "skipped"); n != 1 {
+	if n := counterValue(t, reg, "reconciler_payments_total", "skipped"); n != 1 {
 		t.Errorf("skipped = %v, want 1", n)
 	}
 	if n := lookups.Load(); n != 0 {

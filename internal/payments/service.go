@@ -9,9 +9,9 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/db"
-	"github.com/resiliencekit/payservice/internal/provider"
-	"github.com/resiliencekit/payservice/internal/resilience"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
 )
 
 // Errors callers branch on. The API maps each to one HTTP status.
@@ -53,7 +53,7 @@ type Renderer func(p Payment, requestID string) (Response, error)
 
 // Config wires a Service.
 type Config struct {
-	Repo     *db.Payments
+	Repo     *paymentsdb.Payments
 	Provider Provider
 	Render   Renderer
 	// Lease is how long a request may drive a payment before another may
@@ -103,7 +103,7 @@ type Result struct {
 
 // Create validates the request, records the payment and charges it once.
 //
-// The key is claimed in Postgres first (db.Payments.Claim): a new key
+// The key is claimed in Postgres first (paymentsdb.Payments.Claim): a new key
 // inserts the payment under a lease; a processing payment whose lease
 // expired is taken over and driven again with the same provider key; a
 // final payment is replayed; anything else is refused as in flight (409) or
@@ -121,7 +121,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
 	work, cancel := detach(ctx)
 	defer cancel()
 	token := newToken()
-	p := db.Payment{
+	p := paymentsdb.Payment{
 		ID:             s.newID(),
 		ClientID:       in.ClientID,
 		IdempotencyKey: in.IdempotencyKey,
@@ -164,7 +164,7 @@ func (s *Service) shed(ctx context.Context, in CreateInput) error {
 	if refusal == nil {
 		return nil
 	}
-	if _, err := s.Repo.ByKey(ctx, in.ClientID, in.IdempotencyKey); errors.Is(err, db.ErrNotFound) {
+	if _, err := s.Repo.ByKey(ctx, in.ClientID, in.IdempotencyKey); errors.Is(err, paymentsdb.ErrNotFound) {
 		return fmt.Errorf("%w: %w", ErrUnavailable, refusal)
 	}
 	return nil
@@ -172,15 +172,15 @@ func (s *Service) shed(ctx context.Context, in CreateInput) error {
 
 // answerExisting answers a request for a key another request holds or has
 // completed.
-func (s *Service) answerExisting(row db.Payment, in CreateInput) (Result, error) {
+func (s *Service) answerExisting(row paymentsdb.Payment, in CreateInput) (Result, error) {
 	switch {
-	case row.Status == db.StatusProcessing && row.LeaseActive:
+	case row.Status == paymentsdb.StatusProcessing && row.LeaseActive:
 		s.Metrics.Observe(resilience.OutcomeInFlight)
 		return Result{}, ErrInFlight
 	case row.Fingerprint != in.Fingerprint:
 		s.Metrics.Observe(resilience.OutcomeMismatch)
 		return Result{}, ErrKeyReused
-	case row.Status == db.StatusProcessing:
+	case row.Status == paymentsdb.StatusProcessing:
 		// Its lease expired and another request took it over between our
 		// statements: that one is driving it now.
 		s.Metrics.Observe(resilience.OutcomeInFlight)
@@ -205,12 +205,12 @@ func (s *Service) answerExisting(row db.Payment, in CreateInput) (Result, error)
 // lease's to say, checked in the statements that write (StartCharge,
 // Settle). A lock Redis lost (a flush, a restart) therefore changes
 // nothing: the request completes, or cleans up, as its lease says.
-func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID string) (Result, error) {
+func (s *Service) drive(ctx context.Context, claim paymentsdb.Claim, token, requestID string) (Result, error) {
 	row := claim.Payment
 	log := s.Log.With("payment_id", row.ID)
 
 	if err := s.Repo.StartCharge(ctx, row.ID, token, s.Lease); err != nil {
-		if errors.Is(err, db.ErrLeaseLost) {
+		if errors.Is(err, paymentsdb.ErrLeaseLost) {
 			return Result{}, ErrInFlight // taken over: another request drives it
 		}
 		// Nothing was sent: free the key rather than strand it behind a
@@ -226,7 +226,7 @@ func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID st
 		Reference:      row.ID,
 	})
 	cancel()
-	var settle db.Settlement
+	var settle paymentsdb.Settlement
 	switch {
 	case errors.Is(err, provider.ErrNotSent):
 		return Result{}, s.notSent(ctx, claim, token, err)
@@ -237,9 +237,9 @@ func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID st
 		log.Warn("provider outcome unknown; payment stays processing", "err", err)
 		return s.processing(ctx, row, token, requestID)
 	case ch.Status == provider.ChargeSucceeded:
-		settle = db.Settlement{Status: db.StatusSucceeded, ProviderChargeID: ch.ID}
+		settle = paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: ch.ID}
 	case ch.Status == provider.ChargeDeclined:
-		settle = db.Settlement{Status: db.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
+		settle = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
 	default:
 		log.Error("provider answered an unknown charge status; payment stays processing", "status", ch.Status)
 		return s.processing(ctx, row, token, requestID)
@@ -248,7 +248,7 @@ func (s *Service) drive(ctx context.Context, claim db.Claim, token, requestID st
 	defer cancel()
 	settled, now, err := s.Repo.Settle(record, row.ID, token, settle, s.respond(requestID))
 	switch {
-	case errors.Is(err, db.ErrLeaseLost):
+	case errors.Is(err, paymentsdb.ErrLeaseLost):
 		// Our lease was taken over while we were at the provider: the new
 		// holder drives the payment, and meets the same charge.
 		return Result{}, ErrInFlight
@@ -288,17 +288,17 @@ func (s *Service) recordBudget(ctx context.Context) (context.Context, context.Ca
 
 // notSent handles a charge that never reached the provider (a protection
 // refused it, or the provider was unreachable).
-func (s *Service) notSent(ctx context.Context, claim db.Claim, token string, cause error) error {
+func (s *Service) notSent(ctx context.Context, claim paymentsdb.Claim, token string, cause error) error {
 	ctx, cancel := s.recordBudget(ctx)
 	defer cancel()
 	if claim.Created {
 		// Never sent, and created by this very request: nothing can have
 		// been charged under this payment id. Forget it, so the client's
 		// retry starts afresh.
-		if err := s.Repo.Abandon(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+		if err := s.Repo.Abandon(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
 			s.Log.Error("abandon unsent payment", "payment_id", claim.Payment.ID, "err", err)
 		}
-	} else if err := s.Repo.ReleaseLease(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+	} else if err := s.Repo.ReleaseLease(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
 		// Resumed: an earlier attempt may have charged. Keep it.
 		s.Log.Error("release lease", "payment_id", claim.Payment.ID, "err", err)
 	}
@@ -307,10 +307,10 @@ func (s *Service) notSent(ctx context.Context, claim db.Claim, token string, cau
 
 // processing answers with the payment still processing (202), and
 // releases its lease.
-func (s *Service) processing(ctx context.Context, row db.Payment, token, requestID string) (Result, error) {
+func (s *Service) processing(ctx context.Context, row paymentsdb.Payment, token, requestID string) (Result, error) {
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	if err := s.Repo.ReleaseLease(record, row.ID, token); err != nil && !errors.Is(err, db.ErrLeaseLost) {
+	if err := s.Repo.ReleaseLease(record, row.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
 		s.Log.Error("release lease", "payment_id", row.ID, "err", err)
 	}
 	p := fromRow(row)
@@ -322,8 +322,8 @@ func (s *Service) processing(ctx context.Context, row db.Payment, token, request
 }
 
 // respond renders the response stored with a settled payment.
-func (s *Service) respond(requestID string) db.Respond {
-	return func(settled db.Payment) (int, []byte, error) {
+func (s *Service) respond(requestID string) paymentsdb.Respond {
+	return func(settled paymentsdb.Payment) (int, []byte, error) {
 		r, err := s.Render(fromRow(settled), requestID)
 		return r.Status, r.Body, err
 	}
@@ -336,7 +336,7 @@ func (s *Service) Get(ctx context.Context, clientID, id string) (Payment, error)
 	}
 	row, err := s.Repo.Get(ctx, clientID, id)
 	switch {
-	case errors.Is(err, db.ErrNotFound):
+	case errors.Is(err, paymentsdb.ErrNotFound):
 		return Payment{}, ErrNotFound
 	case err != nil:
 		return Payment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -357,7 +357,7 @@ func (s *Service) List(ctx context.Context, clientID string, limit int, starting
 	}
 	rows, hasMore, err := s.Repo.List(ctx, clientID, limit, startingAfter)
 	switch {
-	case errors.Is(err, db.ErrCursorNotFound):
+	case errors.Is(err, paymentsdb.ErrCursorNotFound):
 		return Page{}, ErrBadCursor
 	case err != nil:
 		return Page{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -380,7 +380,7 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithCancel(detached)
 }
 
-func fromRow(r db.Payment) Payment {
+func fromRow(r paymentsdb.Payment) Payment {
 	return Payment{
 		ID:               r.ID,
 		ClientID:         r.ClientID,

@@ -16,13 +16,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resiliencekit/payservice/internal/api"
-	"github.com/resiliencekit/payservice/internal/db"
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments"
-	"github.com/resiliencekit/payservice/internal/provider"
-	"github.com/resiliencekit/payservice/internal/resilience"
-	"github.com/resiliencekit/payservice/internal/testenv"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsapi"
+	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 type fixture struct {
 	svc  *payments.Service
 	fake *fakeprovider.Provider
-	repo *db.Payments
+	repo *paymentsdb.Payments
 	pool *sql.DB // for tests that play time forward (expire a lease)
 	spy  *testenv.SQLSpy
 	reg  *prometheus.Registry
@@ -40,16 +40,16 @@ type fixture struct {
 // provider reached over real HTTP.
 func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) fixture {
 	t.Helper()
-	pool, spy := testenv.OpenSpied(t, testenv.NewDatabase(t))
+	pool, spy := testenv.OpenSpied(t, testenv.NewDatabase(t, paymentsdb.Migrations))
 	var fake *fakeprovider.Provider
 	if providerURL == "" {
-		fake, providerURL = testenv.NewFakeProvider(t)
+		fake, providerURL = fakeprovider.Start(t)
 	}
 	client, err := provider.NewClient(provider.Config{BaseURL: providerURL, AttemptTimeout: attemptTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo := db.NewPayments(pool, nil)
+	repo := paymentsdb.NewPayments(pool, nil)
 	reg := prometheus.NewRegistry()
 	metrics, err := resilience.NewIdempotencyMetrics(reg)
 	if err != nil {
@@ -58,7 +58,7 @@ func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) 
 	svc := payments.NewService(payments.Config{
 		Repo:          repo,
 		Provider:      client,
-		Render:        api.RenderPayment,
+		Render:        paymentsapi.Renderer("https://payservice.example/problems/"),
 		Lease:         time.Minute,
 		SettleTimeout: time.Second,
 		Metrics:       metrics,
@@ -214,7 +214,7 @@ func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
 
 	// The provider is back: the same key pays at once, as a new payment,
 	// not a 409 behind a lease nor a replay of the failure.
-	fake, up := testenv.NewFakeProvider(t)
+	fake, up := fakeprovider.Start(t)
 	client, err := provider.NewClient(provider.Config{BaseURL: up, AttemptTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +252,7 @@ func TestCreate_InvalidRequestWritesNothing(t *testing.T) {
 	if _, err := f.svc.Create(context.Background(), bad); !errors.As(err, &verr) {
 		t.Fatalf("err = %v, want a ValidationError", err)
 	}
-	if _, err := f.repo.ByKey(context.Background(), "client_a", "k"); !errors.Is(err, db.ErrNotFound) {
+	if _, err := f.repo.ByKey(context.Background(), "client_a", "k"); !errors.Is(err, paymentsdb.ErrNotFound) {
 		t.Errorf("an invalid request was stored: %v", err)
 	}
 	if n := len(f.fake.Charges()); n != 0 {
@@ -325,7 +325,7 @@ func TestCreate_ShedsNewPaymentsBeforeWritingWhileTheProviderRefuses(t *testing.
 	if _, err := f.svc.Create(ctx, input("new", 1000)); !errors.Is(err, payments.ErrUnavailable) {
 		t.Fatalf("a new payment while refusing: %v, want ErrUnavailable", err)
 	}
-	if _, err := f.repo.ByKey(ctx, "client_a", "new"); !errors.Is(err, db.ErrNotFound) {
+	if _, err := f.repo.ByKey(ctx, "client_a", "new"); !errors.Is(err, paymentsdb.ErrNotFound) {
 		t.Errorf("a shed payment was written: %v", err)
 	}
 	replay, err := f.svc.Create(ctx, input("done", 1000))

@@ -76,7 +76,7 @@ import (
 
 	_ "github.com/lib/pq"
 
-	"github.com/resiliencekit/payservice/internal/fakeprovider"
+	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 // requestTimeout is the server's default REQUEST_TIMEOUT, left unchanged.

@@ -1,0 +1,178 @@
+package provider
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/resiliencekit/payservice/internal/platform/resilience"
+)
+
+// Protections are the resilience patterns put around the provider, one
+// instance each, shared by every call.
+type Protections struct {
+	Bulkhead *resilience.Bulkhead
+	Egress   *resilience.EgressLimiter
+	Retrier  *resilience.Retrier
+	Breaker  *resilience.Breaker
+}
+
+// Resilient is the provider client behind its protections, outermost first:
+//
+//	caller's deadline → bulkhead → egress rate limit → retry → circuit breaker → attempt timeout → HTTP
+//
+// The order matters. The bulkhead bounds how many calls wait at all, so it
+// comes first. The egress limit spends one token per payment, not per
+// attempt: retries take none, though each spends the provider's quota too;
+// the retry budget is what bounds them. Retries go through the breaker, so
+// an open breaker stops them; and each attempt has its own timeout inside
+// the breaker, so a timeout counts as the provider's failure. That needs a
+// whole attempt timeout left before the caller's deadline: the retrier
+// starts no attempt without it, and the egress limit waits no longer than
+// leaves it.
+//
+// Resilient has the same methods as Client: the payments service takes
+// either and cannot tell.
+type Resilient struct {
+	client *Client
+	p      Protections
+}
+
+// NewResilient wraps c in p.
+func NewResilient(c *Client, p Protections) *Resilient {
+	return &Resilient{client: c, p: p}
+}
+
+// Charge is Client.Charge behind the protections. Its errors keep the
+// client's taxonomy: a refusal by a protection before anything was sent
+// (bulkhead full, breaker open, no quota left, too little time left for an
+// attempt) matches ErrNotSent; and once any attempt may have reached the
+// provider, the call's error matches ErrOutcomeUnknown, whatever later
+// attempts met.
+func (r *Resilient) Charge(ctx context.Context, req ChargeRequest) (Charge, error) {
+	var ch Charge
+	err := r.call(ctx, "charge", func(ctx context.Context) error {
+		var err error
+		ch, err = r.client.Charge(ctx, req)
+		return err
+	})
+	return ch, err
+}
+
+// FindCharge is Client.FindCharge behind the protections.
+func (r *Resilient) FindCharge(ctx context.Context, idempotencyKey string) (Charge, bool, error) {
+	var (
+		ch    Charge
+		found bool
+	)
+	err := r.call(ctx, "find charge", func(ctx context.Context) error {
+		var err error
+		ch, found, err = r.client.FindCharge(ctx, idempotencyKey)
+		return err
+	})
+	return ch, found, err
+}
+
+// Admit reports whether a call would be refused right now without reaching
+// the provider (bulkhead full, breaker open or its half-open probes all
+// taken), as an error matching ErrNotSent. The payments service asks before
+// it writes anything for a new payment: under overload, refusing costs
+// nothing but this check.
+func (r *Resilient) Admit() error {
+	switch {
+	case r.p.Bulkhead.Full():
+		return &Error{Op: "charge", Err: resilience.ErrBulkheadFull}
+	case r.p.Breaker.Open():
+		return &Error{Op: "charge", Err: resilience.ErrBreakerOpen}
+	}
+	return nil
+}
+
+func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Context) error) error {
+	// Set by the bulkhead's worker, read after Submit returns: Submit
+	// waits for the work it started, so the write happens before the read.
+	mayHaveSent := false
+	err := r.p.Bulkhead.Submit(ctx, func(ctx context.Context) error {
+		if err := r.waitForQuota(ctx); err != nil {
+			return err
+		}
+		return r.p.Retrier.Do(ctx, func(ctx context.Context) error {
+			return r.p.Breaker.Execute(ctx, func(ctx context.Context) error {
+				err := attempt(ctx)
+				var perr *Error
+				if errors.As(err, &perr) && perr.Sent {
+					mayHaveSent = true
+				}
+				return err
+			})
+		})
+	})
+	if err == nil {
+		return nil
+	}
+	var perr *Error
+	switch {
+	case mayHaveSent && !(errors.As(err, &perr) && perr.Sent):
+		// The last attempt was refused or never sent, but an earlier one
+		// may have charged. The chain is cut (%v, not %w) so that the
+		// error cannot also match ErrNotSent and get the payment dropped.
+		return &Error{Op: op, Sent: true, Err: fmt.Errorf("an earlier attempt may have reached the provider; then: %v", err)}
+	case errors.As(err, &perr):
+		return err
+	}
+	// Refused by a protection before any attempt: nothing was sent.
+	return &Error{Op: op, Err: err}
+}
+
+// waitForQuota waits for the egress limit, but only while a whole attempt
+// could still follow before ctx's deadline: a token granted later would be
+// spent on a call the retrier then refuses to start. Failing at once also
+// frees the caller sooner.
+func (r *Resilient) waitForQuota(ctx context.Context) error {
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		return r.p.Egress.Wait(ctx)
+	}
+	waitCtx, cancel := context.WithDeadline(ctx, deadline.Add(-r.client.timeout))
+	defer cancel()
+	err := r.p.Egress.Wait(waitCtx)
+	if err != nil && ctx.Err() == nil && waitCtx.Err() != nil {
+		// Our shortened deadline had passed, not the caller's.
+		return fmt.Errorf("%w (before waiting for provider quota)", resilience.ErrDeadlineTooClose)
+	}
+	return err
+}
+
+// BreakerOutcome tells the circuit breaker what a provider error says
+// about the provider's health: 5xx, timeouts, network errors and garbled
+// answers are failures; 4xx answers (a decline, a bad request, a 429) mean
+// the provider is up and answering.
+func BreakerOutcome(err error) resilience.Outcome {
+	if err == nil {
+		return resilience.Success
+	}
+	var perr *Error
+	if !errors.As(err, &perr) {
+		return resilience.Failure
+	}
+	if perr.StatusCode >= 400 && perr.StatusCode < 500 {
+		return resilience.Success
+	}
+	return resilience.Failure
+}
+
+// RetryVerdict tells the retrier which provider errors are worth another
+// attempt: 5xx, 429, timeouts and network errors, honouring the provider's
+// Retry-After. Retrying a charge is safe only because every attempt carries
+// the same idempotency key.
+func RetryVerdict(err error) resilience.Verdict {
+	var perr *Error
+	if !errors.As(err, &perr) {
+		return resilience.Verdict{}
+	}
+	switch code := perr.StatusCode; {
+	case code == 0, code == 429, code >= 500:
+		return resilience.Verdict{Retry: true, After: perr.RetryAfter}
+	}
+	return resilience.Verdict{}
+}

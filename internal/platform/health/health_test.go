@@ -1,0 +1,196 @@
+package health
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// refused is the error a dial to a closed port gives, address included.
+var refused = &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5432}, Err: errors.New("connect: connection refused")}
+
+func probe(err error) func(context.Context) error {
+	return func(context.Context) error { return err }
+}
+
+func TestHealthReady_ReportsEveryCheck(t *testing.T) {
+	tests := []struct {
+		name       string
+		migrated   bool
+		shutdown   bool
+		postgres   error
+		redis      error
+		wantStatus int
+		wantChecks map[string]string
+	}{
+		{"all well", true, false, nil, nil, 200,
+			map[string]string{"migrations": "ok", "postgres": "ok", "redis": "ok"}},
+		{"migrations pending", false, false, nil, nil, 503,
+			map[string]string{"migrations": "pending", "postgres": "ok", "redis": "ok"}},
+		{"postgres down", true, false, refused, nil, 503,
+			map[string]string{"migrations": "ok", "postgres": "unavailable: unreachable", "redis": "ok"}},
+		{"redis down: degraded, still ready", true, false, nil, refused, 200,
+			map[string]string{"migrations": "ok", "postgres": "ok", "redis": "degraded: unreachable"}},
+		{"postgres slow", true, false, context.DeadlineExceeded, nil, 503,
+			map[string]string{"migrations": "ok", "postgres": "unavailable: timeout", "redis": "ok"}},
+		{"postgres failing otherwise", true, false, errors.New("pq: the database system is starting up"), nil, 503,
+			map[string]string{"migrations": "ok", "postgres": "unavailable: failing", "redis": "ok"}},
+		{"shutting down", true, true, nil, nil, 503,
+			map[string]string{"migrations": "ok", "postgres": "ok", "redis": "ok"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := New(time.Second, slog.New(slog.DiscardHandler),
+				Check{Name: "postgres", Probe: probe(tt.postgres)},
+				Check{Name: "redis", Optional: true, Probe: probe(tt.redis)})
+			if tt.migrated {
+				h.SetMigrated()
+			}
+			if tt.shutdown {
+				h.SetShuttingDown()
+			}
+			rec := httptest.NewRecorder()
+			h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+
+			var body healthBody
+			if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil {
+				t.Fatalf("body %s: %v", rec.Body, err)
+			}
+			wantStatus := map[int]string{200: "ok", 503: "unavailable"}[tt.wantStatus]
+			if rec.Code != tt.wantStatus || body.Status != wantStatus {
+				t.Errorf("%d %q, want %d %q", rec.Code, body.Status, tt.wantStatus, wantStatus)
+			}
+			for name, want := range tt.wantChecks {
+				if body.Checks[name] != want {
+					t.Errorf("checks[%s] = %q, want %q", name, body.Checks[name], want)
+				}
+			}
+			if tt.shutdown && body.Reason != "shutting down" {
+				t.Errorf("reason %q, want shutting down", body.Reason)
+			}
+		})
+	}
+}
+
+func TestHealthReady_KeepsErrorDetailsInTheLogOncePerChange(t *testing.T) {
+	var logs bytes.Buffer
+	var pgErr error = refused
+	h := New(time.Second, slog.New(slog.NewJSONHandler(&logs, nil)),
+		Check{Name: "postgres", Probe: func(context.Context) error { return pgErr }})
+	h.SetMigrated()
+	// Each probe comes after the last one's result has gone stale, so each
+	// runs the check.
+	now := time.Unix(0, 0)
+	h.now = func() time.Time { now = now.Add(checkFreshness); return now }
+	ready := func() string {
+		rec := httptest.NewRecorder()
+		h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+		return rec.Body.String()
+	}
+
+	for range 3 {
+		if body := ready(); strings.Contains(body, "10.1.2.3") {
+			t.Fatalf("the public body shows the dependency's address: %s", body)
+		}
+	}
+	if n := strings.Count(logs.String(), "readiness check failing"); n != 1 || !strings.Contains(logs.String(), "10.1.2.3:5432") {
+		t.Errorf("want one log line with the error's details for three failing probes, got %d:\n%s", n, logs.String())
+	}
+	pgErr = nil
+	ready()
+	ready()
+	if n := strings.Count(logs.String(), "readiness check passes again"); n != 1 {
+		t.Errorf("want one recovery line, got %d:\n%s", n, logs.String())
+	}
+}
+
+// The readiness endpoint is public: a flood of probes must not become a
+// flood of database round trips. Its result is cached for a second, and
+// callers arriving while a probe runs share it.
+func TestHealthReady_AThousandConcurrentProbesPingOnce(t *testing.T) {
+	var pings atomic.Int64
+	release := make(chan struct{})
+	h := New(time.Second, slog.New(slog.DiscardHandler), Check{Name: "postgres", Probe: func(context.Context) error {
+		if pings.Add(1) == 1 {
+			<-release // the first probe is slow: everyone else arrives meanwhile
+		}
+		return nil
+	}})
+	h.SetMigrated()
+	now := time.Unix(1_000_000, 0)
+	var clockMu sync.Mutex
+	h.now = func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	const callers = 1000
+	joined := make(chan struct{}, callers)
+	h.joined = func() { joined <- struct{}{} }
+
+	codes := make(chan int, callers)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			rec := httptest.NewRecorder()
+			h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+			codes <- rec.Code
+		})
+	}
+	// Everyone but the first waits for the first's probe.
+	timeout := time.After(10 * time.Second)
+	for n := 0; n < callers-1; n++ {
+		select {
+		case <-joined:
+		case <-timeout:
+			close(release)
+			wg.Wait()
+			t.Fatalf("only %d of %d callers joined the probe in flight; %d pings", n, callers-1, pings.Load())
+		}
+	}
+	close(release)
+	wg.Wait()
+	close(codes)
+	for code := range codes {
+		if code != http.StatusOK {
+			t.Fatalf("a caller got %d, want 200", code)
+		}
+	}
+	if n := pings.Load(); n != 1 {
+		t.Fatalf("%d concurrent probes pinged %d times, want 1", callers, n)
+	}
+
+	// Fresh for a second: a probe within it pings nothing, one after it
+	// pings once more.
+	h.Ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	clockMu.Lock()
+	now = now.Add(1100 * time.Millisecond)
+	clockMu.Unlock()
+	h.Ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if n := pings.Load(); n != 2 {
+		t.Errorf("%d pings after one more probe within the second and one after it, want 2", n)
+	}
+}
+
+// Shutting down turns readiness off at once, cache or not.
+func TestHealthReady_ShutdownIsNotCached(t *testing.T) {
+	h := New(time.Second, slog.New(slog.DiscardHandler), Check{Name: "postgres", Probe: probe(nil)})
+	h.SetMigrated()
+	rec := httptest.NewRecorder()
+	h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("ready: %d", rec.Code)
+	}
+	h.SetShuttingDown()
+	rec = httptest.NewRecorder()
+	h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("shutting down, within the cache's second: %d, want 503", rec.Code)
+	}
+}

@@ -1,0 +1,178 @@
+package postgres_test
+
+import (
+	"context"
+	"database/sql"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/resiliencekit/payservice/internal/platform/postgres"
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func open(t *testing.T, url string) *sql.DB {
+	t.Helper()
+	pool, err := postgres.Open(url, postgres.PoolConfig{MaxOpenConns: 10, MaxIdleConns: 5, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	return pool
+}
+
+// Two streams, as a platform part and a domain would ship them: the
+// second builds on the first's table.
+var streams = []postgres.Migrations{
+	{Table: "goose_platform_version", Files: fstest.MapFS{
+		"00001_a.sql": {Data: []byte("-- +goose Up\nCREATE TABLE a (id int PRIMARY KEY);\n-- +goose Down\nDROP TABLE a;\n")},
+		"00002_b.sql": {Data: []byte("-- +goose Up\nCREATE TABLE b (id int PRIMARY KEY);\n-- +goose Down\nDROP TABLE b;\n")},
+	}},
+	{Table: postgres.DefaultTable, Files: fstest.MapFS{
+		"00001_c.sql": {Data: []byte("-- +goose Up\nCREATE TABLE c (id int PRIMARY KEY REFERENCES a);\n-- +goose Down\nDROP TABLE c;\n")},
+	}},
+}
+
+func TestMigrator_ConcurrentUpAppliesEachMigrationOnce(t *testing.T) {
+	url := testenv.NewEmptyDatabase(t)
+	ctx := context.Background()
+
+	// Several replicas starting at once, each with its own pool.
+	const replicas = 4
+	var wg sync.WaitGroup
+	errs := make([]error, replicas)
+	applied := make([]int, replicas)
+	for i := range replicas {
+		wg.Go(func() {
+			m, err := postgres.NewMigrator(open(t, url), discard(), streams...)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			applied[i], errs[i] = m.Up(ctx)
+		})
+	}
+	wg.Wait()
+
+	total := 0
+	for i := range replicas {
+		if errs[i] != nil {
+			t.Fatalf("replica %d: %v", i, errs[i])
+		}
+		total += applied[i]
+	}
+	if total != 3 {
+		t.Errorf("replicas applied %d migrations in all, want exactly 3 (each once)", total)
+	}
+	m, err := postgres.NewMigrator(open(t, url), discard(), streams...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each stream in its own version table.
+	for table, want := range map[string]int{"goose_platform_version": 2, postgres.DefaultTable: 1} {
+		var rows int
+		if err := open(t, url).QueryRow(`SELECT count(*) FROM ` + table + ` WHERE version_id > 0`).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows != want {
+			t.Errorf("%s has %d applied rows, want %d", table, rows, want)
+		}
+	}
+	if v := m.Versions(); len(v) != 2 || v[0] != 2 || v[1] != 1 {
+		t.Errorf("Versions = %v, want [2 1]", v)
+	}
+	if pending, err := m.Pending(ctx); err != nil || pending {
+		t.Errorf("Pending = %v, %v; want false, nil", pending, err)
+	}
+}
+
+func TestMigrator_PendingSeesEveryStream(t *testing.T) {
+	url := testenv.NewEmptyDatabase(t)
+	ctx := context.Background()
+	first, err := postgres.NewMigrator(open(t, url), discard(), streams[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	both, err := postgres.NewMigrator(open(t, url), discard(), streams...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pending, err := both.Pending(ctx); err != nil || !pending {
+		t.Fatalf("Pending with the second stream not applied = %v, %v; want true", pending, err)
+	}
+}
+
+func TestLeader_OneLeadsAndAnotherTakesOverWhenItDies(t *testing.T) {
+	url := testenv.NewEmptyDatabase(t)
+	ctx := context.Background()
+	const key = 42
+	a, b := postgres.NewLeader(open(t, url), key), postgres.NewLeader(open(t, url), key)
+
+	if ok, err := a.Lead(ctx); !ok || err != nil {
+		t.Fatalf("a.Lead = %v, %v; want leadership", ok, err)
+	}
+	if ok, err := b.Lead(ctx); ok || err != nil {
+		t.Fatalf("b.Lead while a leads = %v, %v", ok, err)
+	}
+	if ok, _ := a.Lead(ctx); !ok {
+		t.Fatal("a lost leadership for no reason")
+	}
+
+	// a's session dies (a crash, a network cut): Postgres frees the lock.
+	admin := open(t, url)
+	if _, err := admin.ExecContext(ctx, `SELECT pg_terminate_backend(pid, 5000) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1`, key); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Lead(ctx); !ok || err != nil {
+		t.Fatalf("b.Lead after a died = %v, %v; want leadership", ok, err)
+	}
+	if ok, _ := a.Lead(ctx); ok {
+		t.Fatal("a still believes it leads after its session died")
+	}
+
+	if err := b.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := a.Lead(ctx); !ok {
+		t.Fatal("a could not lead after b resigned")
+	}
+}
+
+func TestLeader_CancelledCheckKeepsTheLockUntilResign(t *testing.T) {
+	url := testenv.NewEmptyDatabase(t)
+	ctx := context.Background()
+	const key = 43
+	a, b := postgres.NewLeader(open(t, url), key), postgres.NewLeader(open(t, url), key)
+	if ok, err := a.Lead(ctx); !ok || err != nil {
+		t.Fatalf("a.Lead = %v, %v; want leadership", ok, err)
+	}
+
+	// A check under a cancelled context (a reconciler stopping) says
+	// nothing about the session: a still holds the lock...
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if ok, err := a.Lead(cancelled); !ok || err == nil {
+		t.Fatalf("a.Lead(cancelled) = %v, %v; want still leading, with the context's error", ok, err)
+	}
+	if ok, _ := b.Lead(ctx); ok {
+		t.Fatal("b leads while a still holds the lock")
+	}
+	// ...and its Resign really frees it, instead of leaving it on a
+	// pooled connection where nobody could ever take it again.
+	if err := a.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := b.Lead(ctx); !ok || err != nil {
+		t.Fatalf("b.Lead after a resigned = %v, %v; want leadership", ok, err)
+	}
+}

@@ -1,0 +1,87 @@
+// Package web is the platform's HTTP layer: the router with its middleware
+// in one deliberate order, problem+json errors, strict request decoding,
+// authentication and per-client rate limits.
+//
+// It knows nothing of any domain: a domain mounts its routes under /v1
+// (NewRouter's routes function) and gets, for each of them, a request id,
+// metrics and an access log, panic recovery, authentication, rate limits, a
+// readiness gate and a deadline. Handlers stay thin: they decode with
+// DecodeStrict, call their service, and answer with WriteJSON or a problem.
+package web
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RouterConfig is what the router needs besides the domain's routes.
+type RouterConfig struct {
+	Auth           *Authenticator
+	ClientLimit    RateLimiter // per authenticated client
+	AnonymousLimit RateLimiter // per remote address, for requests failing authentication
+	// Ready reports whether requests may be served (the schema is
+	// migrated); until then they get 503.
+	Ready func() bool
+	// Live and ReadyProbe serve /health/live and /health/ready.
+	Live, ReadyProbe http.HandlerFunc
+	Log              *slog.Logger
+	Metrics          prometheus.Registerer
+	RequestTimeout   time.Duration
+	// ProblemTypes prefixes every problem's type URI, e.g.
+	// https://api.example.com/problems/.
+	ProblemTypes string
+}
+
+// NewRouter returns the public API: health probes, and the domain's routes
+// mounted under /v1 behind the middleware every API route needs.
+func NewRouter(c RouterConfig, routes func(r chi.Router)) http.Handler {
+	r := chi.NewRouter()
+	// Outermost first. Every response gets a request id; every request is
+	// counted and logged, including those that panic (recoverPanic sits
+	// inside observe, so the 500 it writes is what gets recorded).
+	r.Use(problemTypes(c.ProblemTypes), requestID, observe(c.Log, newHTTPMetrics(c.Metrics)), recoverPanic(c.Log))
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		WriteProblem(w, r, NotFound, "No such route.")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		// RFC 9110 §15.5.6: a 405 lists what the route does allow.
+		// chi's own handler would, but a custom one must find out.
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+				allowed = append(allowed, m)
+			}
+		}
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		WriteProblem(w, req, MethodNotAllowed, req.Method+" is not allowed on this route.")
+	})
+
+	r.Get("/health/live", c.Live)
+	r.Get("/health/ready", c.ReadyProbe)
+
+	r.Route("/v1", func(r chi.Router) {
+		// Identify, limit, then require: failed authentication is rate
+		// limited too. Nothing below, not even the readiness gate, is
+		// visible to an anonymous caller.
+		r.Use(c.Auth.identify, rateLimit(c.ClientLimit, c.AnonymousLimit), c.Auth.require,
+			requireReady(c.Ready), deadline(c.RequestTimeout))
+		routes(r)
+	})
+	return r
+}
+
+// problemTypes makes base the prefix of the problem types written for the
+// request.
+func problemTypes(base string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), problemTypesKey, base)))
+		})
+	}
+}
