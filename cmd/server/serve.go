@@ -3,15 +3,11 @@ package main
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/http"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,23 +27,9 @@ import (
 )
 
 // serve runs the service until ctx is cancelled, then shuts down
-// gracefully:
-//
-//  1. readiness turns 503 at once; liveness stays 200;
-//  2. requests keep being served for SHUTDOWN_DRAIN_DELAY, while load
-//     balancers notice and stop sending; their responses carry
-//     Connection: close, so clients reconnect through the load balancer;
-//  3. http.Server.Shutdown, then the bulkhead, wait for requests and
-//     provider calls in flight, whose contexts are not the signal's and are
-//     not cancelled, all within one SHUTDOWN_TIMEOUT;
-//  4. pools are closed and serve returns nil (exit code 0).
-//
-// The process exits within drain + SHUTDOWN_TIMEOUT (+ at most exitGrace),
-// whatever is still running then. Work cut off at the deadline is logged as
-// an error, and serve still returns nil: the shutdown went as designed, and
-// a payment whose provider call was cut off stays processing in Postgres
-// until a retry or the reconciler settles it. A non-zero exit code would
-// report a routine rollout under a slow provider as a crash.
+// gracefully (server.Run says how, and within what bounds). It is the
+// wiring: each step builds one part from the configuration and the parts
+// before it.
 func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := config.Load(getenv)
 	if err != nil {
@@ -172,7 +154,6 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		apiLn.Close()
 		return fmt.Errorf("listen on ADMIN_ADDR %s: %w", cfg.AdminAddr, err)
 	}
-
 	// Requests' contexts keep ctx's values but not its cancellation: the
 	// signal starts the shutdown, it does not abort work in flight.
 	base := context.WithoutCancel(ctx)
@@ -182,82 +163,35 @@ func serve(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 	}
-	var draining atomic.Bool
-	apiSrv := server.NewHTTP(closeConnsWhileDraining(handler, &draining), timeouts, base, log)
-	adminSrv := server.NewHTTP(server.NewAdminHandler(registry), timeouts, base, log)
 
-	// Every goroutine below is owned by serve and ends before it returns,
-	// or within exitGrace of it.
 	serving = true
-	var wg sync.WaitGroup
-	fatal := make(chan error, 3)
-	for _, s := range []struct {
-		name string
-		srv  *http.Server
-		ln   net.Listener
-	}{{"api", apiSrv, apiLn}, {"admin", adminSrv, adminLn}} {
-		log.Info("listening", "server", s.name, "addr", s.ln.Addr().String())
-		wg.Go(func() {
-			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-				fatal <- fmt.Errorf("%s server: %w", s.name, err)
+	return server.Run(ctx, server.Service{
+		Public: []server.Listener{{Name: "api", Server: server.NewHTTP(handler, timeouts, base, log), Listener: apiLn}},
+		Admin:  server.Listener{Name: "admin", Server: server.NewHTTP(server.NewAdminHandler(registry), timeouts, base, log), Listener: adminLn},
+		Tasks: []func(context.Context) error{func(ctx context.Context) error {
+			if err := prepareSchema(ctx, cfg, primary, log); err != nil {
+				return err
 			}
-		})
-	}
-
-	schemaCtx, stopSchema := context.WithCancel(ctx)
-	defer stopSchema()
-	wg.Go(func() {
-		if err := prepareSchema(schemaCtx, cfg, primary, log); err != nil {
-			if schemaCtx.Err() == nil {
-				fatal <- err
+			probes.SetMigrated()
+			log.Info("ready: schema is current")
+			// Settles payments left processing, while this replica leads.
+			reconciler.Run(ctx)
+			return nil
+		}},
+		Draining: probes.SetShuttingDown,
+		Finish: []func(context.Context) error{func(ctx context.Context) error {
+			// Provider calls already accepted finish (their contexts are
+			// not the signal's); nothing new is accepted.
+			if err := bulkhead.Close(ctx); err != nil {
+				inFlight, queued := bulkhead.Stats()
+				return fmt.Errorf("provider calls abandoned (%d in flight, %d queued); their payments stay processing for a retry or the reconciler: %w", inFlight, queued, err)
 			}
-			return
-		}
-		probes.SetMigrated()
-		log.Info("ready: schema is current")
-		// Settles payments left processing, while this replica leads.
-		reconciler.Run(schemaCtx)
+			return nil
+		}},
+		Drain:   cfg.ShutdownDrainDelay,
+		Timeout: cfg.ShutdownTimeout,
+		Log:     log,
 	})
-
-	var runErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutdown signal received; draining", "drain_delay", cfg.ShutdownDrainDelay, "shutdown_timeout", cfg.ShutdownTimeout)
-		probes.SetShuttingDown()
-		draining.Store(true)
-		time.Sleep(cfg.ShutdownDrainDelay)
-	case runErr = <-fatal:
-		log.Error("fatal error; shutting down", "err", runErr)
-		probes.SetShuttingDown()
-	}
-	stopSchema()
-
-	// Every wait from here on is bounded: by this one deadline, then by
-	// exitGrace.
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-	defer cancel()
-	if err := apiSrv.Shutdown(shutdownCtx); err != nil {
-		// Close cuts their connections; their handlers run on, unanswered,
-		// until the process exits.
-		log.Error("requests still in flight at SHUTDOWN_TIMEOUT; closing their connections", "err", err)
-		apiSrv.Close()
-	}
-	// Provider calls already accepted finish (they run on contexts the
-	// signal does not cancel); nothing new is accepted.
-	if err := bulkhead.Close(shutdownCtx); err != nil {
-		inFlight, queued := bulkhead.Stats()
-		log.Error("provider calls abandoned at SHUTDOWN_TIMEOUT; their payments stay processing for a retry or the reconciler",
-			"in_flight", inFlight, "queued", queued, "err", err)
-	}
-	// The admin server goes last, so metrics stay scrapeable while draining.
-	if err := adminSrv.Shutdown(shutdownCtx); err != nil {
-		adminSrv.Close()
-	}
-	if !waitWithin(&wg, exitGrace) {
-		log.Warn("exiting with the reconciler still resigning; Postgres frees its lock when the connection closes", "waited", exitGrace)
-	}
-	log.Info("stopped")
-	return runErr
 }
 
 // metricsNamespace prefixes the service's metric names, and names it
@@ -268,47 +202,6 @@ const metricsNamespace = "payservice"
 // with. The .example domain is reserved (RFC 2606): point it at your API's
 // documentation when you adopt the template.
 const problemTypes = "https://payservice.example/problems/"
-
-// exitGrace bounds the last wait of a shutdown, for the goroutines serve
-// owns. By then the servers' have returned, and the reconciler, stopped
-// when the drain ended, has had SHUTDOWN_TIMEOUT to resign its leadership
-// (one short query). If Postgres has not answered even so, waiting longer
-// would not help: exiting closes the connection, which frees the lock.
-const exitGrace = time.Second
-
-// waitWithin waits for wg at most d, and reports whether it finished.
-func waitWithin(wg *sync.WaitGroup, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { // outlives the timeout only until the process exits
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// closeConnsWhileDraining answers every request that starts once draining
-// is set with Connection: close. A client still sent here during the drain
-// then opens its next connection afresh, which the load balancer routes to
-// another replica, instead of reusing this one until Shutdown closes it.
-//
-// Not http.Server.SetKeepAlivesEnabled(false): that also closes idle
-// keep-alive connections at once, racing the requests clients are writing
-// on them — a failed POST for a client that does not retry it, at a moment
-// when load balancers still send traffic. Shutdown closes the connections
-// still idle after the drain, when they no longer do.
-func closeConnsWhileDraining(next http.Handler, draining *atomic.Bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if draining.Load() {
-			w.Header().Set("Connection", "close")
-		}
-		next.ServeHTTP(w, r)
-	})
-}
 
 // newProvider builds the provider client inside its protections. The
 // bulkhead is returned too: shutdown drains it.
