@@ -5,7 +5,9 @@
 // It is configured from the environment only (see -h) and logs one line
 // per request, so a game day can line up what the provider did with what
 // payservice saw. Its ledger lives in memory: restarting it forgets every
-// charge, which is itself a failure worth rehearsing.
+// charge and refund, which is itself a failure worth rehearsing. The
+// endpoints are listed in the package documentation of
+// internal/payments/fakeprovider.
 package main
 
 import (
@@ -72,7 +74,8 @@ func loadConfig(getenv func(string) string) config {
 
 func printUsage(w io.Writer) {
 	fmt.Fprint(w, "Usage: fakeprovider [-h]\n       fakeprovider healthcheck   (exit 0 if the local provider answers)\n\n"+
-		"Serves a fake payment provider with an in-memory ledger and fault injection.\n\n"+
+		"Serves a fake payment provider with an in-memory ledger and fault injection:\n"+
+		"POST and GET /v1/charges and /v1/refunds; GET, PUT and DELETE /_faults.\n\n"+
 		"Environment:\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, v := range bind(new(config)) {
@@ -185,7 +188,7 @@ func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 
 // accessLog logs one line per request. A status of 0 means nothing was
 // written: the client went away while the provider was delaying its answer,
-// so whatever was decided — possibly a charge — stands unheard.
+// so whatever was decided — possibly a charge or refund — stands unheard.
 func accessLog(logger *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()

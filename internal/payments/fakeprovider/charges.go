@@ -8,6 +8,7 @@ import (
 )
 
 // Charge statuses and the decline code, as they appear in the JSON.
+// StatusSucceeded is also the status of every refund.
 const (
 	StatusSucceeded  = "succeeded"
 	StatusDeclined   = "declined"
@@ -41,7 +42,7 @@ func (p *Provider) ChargesByKey(key string) []Charge {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	found := make([]Charge, 0, 1)
-	if i, ok := p.byKey[key]; ok {
+	if i, ok := p.chargesByKey[key]; ok {
 		found = append(found, p.charges[i])
 	}
 	return found
@@ -90,7 +91,7 @@ func (p *Provider) charge(key string, req chargeRequest) answer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
-	i, seen := p.byKey[key]
+	i, seen := p.chargesByKey[key]
 	if seen {
 		// The reference too: a client reusing one key for two payments
 		// must hear about it, not get the other payment's charge.
@@ -101,15 +102,13 @@ func (p *Provider) charge(key string, req chargeRequest) answer {
 		}
 	}
 	if p.draw(p.faults.ErrorRate) {
-		a := errorAnswer(http.StatusServiceUnavailable, "unavailable", "injected fault: error_rate")
-		a.header = http.Header{"Retry-After": {"1"}}
-		return a
+		return errorRateAnswer()
 	}
 	if !seen {
 		i = p.record(key, req)
 	}
 	if p.draw(p.faults.ChargeThenErrorRate) {
-		return errorAnswer(http.StatusInternalServerError, "internal", "injected fault: charge_then_error_rate")
+		return chargeThenErrorAnswer()
 	}
 	ch := p.charges[i]
 	if ch.Status == StatusDeclined {
@@ -122,7 +121,7 @@ func (p *Provider) charge(key string, req chargeRequest) answer {
 // p.mu.
 func (p *Provider) record(key string, req chargeRequest) int {
 	ch := Charge{
-		ID:             p.newID(),
+		ID:             p.newChargeID(),
 		Status:         StatusSucceeded,
 		Amount:         req.Amount,
 		Currency:       req.Currency,
@@ -133,9 +132,11 @@ func (p *Provider) record(key string, req chargeRequest) int {
 	if declined(req.Amount) {
 		ch.Status, ch.Code = StatusDeclined, CodeCardDeclined
 	}
+	i := len(p.charges)
 	p.charges = append(p.charges, ch)
-	p.byKey[key] = len(p.charges) - 1
-	return len(p.charges) - 1
+	p.chargesByKey[key] = i
+	p.chargesByID[ch.ID] = i
+	return i
 }
 
 func (p *Provider) listCharges(r *http.Request) answer {

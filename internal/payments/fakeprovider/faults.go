@@ -13,16 +13,17 @@ const MaxLatency = 60 * time.Second
 
 // Faults are the failures the provider injects. The zero value injects none.
 type Faults struct {
-	// ErrorRate is the probability, in [0, 1], that a charge request is
-	// answered 503 without being charged.
+	// ErrorRate is the probability, in [0, 1], that a charge or refund
+	// request is answered 503 without being carried out.
 	ErrorRate float64 `json:"error_rate"`
 	// LatencyMS delays every answer of the /v1/ endpoints by this many
-	// milliseconds, after the charge (if any) is recorded. At most
+	// milliseconds, after the charge or refund (if any) is recorded. At most
 	// MaxLatency.
 	LatencyMS int `json:"latency_ms"`
-	// ChargeThenErrorRate is the probability, in [0, 1], that a charge
-	// request is charged and then answered 500: the client cannot tell
-	// whether it paid.
+	// ChargeThenErrorRate is the probability, in [0, 1], that a charge or
+	// refund request is carried out and then answered 500: the client cannot
+	// tell whether it paid, or was paid back. A refund request's outcome,
+	// refusals included, is recorded for its key before the draw.
 	ChargeThenErrorRate float64 `json:"charge_then_error_rate"`
 }
 
@@ -48,6 +49,20 @@ func (f Faults) Validate() error {
 // validRate is written so that NaN, which compares false to everything, is
 // not valid.
 func validRate(r float64) bool { return r >= 0 && r <= 1 }
+
+// errorRateAnswer is the error_rate fault's answer: nothing was done, so the
+// client may retry.
+func errorRateAnswer() answer {
+	a := errorAnswer(http.StatusServiceUnavailable, "unavailable", "injected fault: error_rate")
+	a.header = http.Header{"Retry-After": {"1"}}
+	return a
+}
+
+// chargeThenErrorAnswer is the charge_then_error_rate fault's answer, given
+// after the request was carried out.
+func chargeThenErrorAnswer() answer {
+	return errorAnswer(http.StatusInternalServerError, "internal", "injected fault: charge_then_error_rate")
+}
 
 // Faults returns the faults in force.
 func (p *Provider) Faults() Faults {

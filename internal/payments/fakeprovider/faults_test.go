@@ -170,6 +170,121 @@ func TestChargeThenErrorRate_RecordsTheChargeAndAnswers500(t *testing.T) {
 	}
 }
 
+func TestErrorRate_Answers503WithoutRefunding(t *testing.T) {
+	p, srv := start(t)
+	ch := charged(t, srv, "charge-k", 1000)
+	mustSetFaults(t, p, fakeprovider.Faults{ErrorRate: 1})
+
+	got := postRefund(t, srv, "k", ch, 600)
+
+	if got.status != http.StatusServiceUnavailable {
+		t.Errorf("status = %d, want 503", got.status)
+	}
+	if e := decode[errorBody](t, got); e.Error != "unavailable" {
+		t.Errorf("error = %q, want unavailable", e.Error)
+	}
+	if ra := got.header.Get("Retry-After"); ra != "1" {
+		t.Errorf("Retry-After = %q, want 1", ra)
+	}
+	if n := len(p.Refunds()); n != 0 {
+		t.Fatalf("ledger has %d refunds, want none", n)
+	}
+
+	p.ResetFaults()
+	retry := postRefund(t, srv, "k", ch, 600)
+	again := postRefund(t, srv, "k", ch, 600)
+
+	if retry.status != http.StatusCreated || again.status != http.StatusCreated {
+		t.Errorf("statuses after the fault = %d, %d; want 201, 201", retry.status, again.status)
+	}
+	if n := len(p.Refunds()); n != 1 {
+		t.Errorf("ledger has %d refunds, want 1", n)
+	}
+}
+
+func TestChargeThenErrorRate_RecordsTheRefundAndAnswers500(t *testing.T) {
+	p, srv := start(t)
+	ch := charged(t, srv, "charge-k", 1000)
+	mustSetFaults(t, p, fakeprovider.Faults{ChargeThenErrorRate: 1})
+
+	got := postRefund(t, srv, "k", ch, 600)
+
+	if got.status != http.StatusInternalServerError {
+		t.Errorf("status = %d, want 500", got.status)
+	}
+	if e := decode[errorBody](t, got); e.Error != "internal" {
+		t.Errorf("error = %q, want internal", e.Error)
+	}
+	ledger := p.RefundsByKey("k")
+	if len(ledger) != 1 {
+		t.Fatalf("ledger has %d refunds for the key, want 1: the refund happened", len(ledger))
+	}
+
+	p.ResetFaults()
+	retry := postRefund(t, srv, "k", ch, 600)
+
+	if retry.status != http.StatusCreated {
+		t.Errorf("retry status = %d, want 201", retry.status)
+	}
+	if rf := decode[fakeprovider.Refund](t, retry); rf != ledger[0] {
+		t.Errorf("retry answered refund %+v, want the recorded %+v", rf, ledger[0])
+	}
+	if n := len(p.Refunds()); n != 1 {
+		t.Errorf("ledger has %d refunds, want 1", n)
+	}
+}
+
+func TestChargeThenErrorRate_RecordsARefundsRefusalForItsKey(t *testing.T) {
+	p, srv := start(t, sequentialIDs())
+	mustSetFaults(t, p, fakeprovider.Faults{ChargeThenErrorRate: 1})
+
+	got := postRefund(t, srv, "k", "ch_1", 600) // no such charge yet
+
+	if got.status != http.StatusInternalServerError {
+		t.Errorf("status = %d, want 500", got.status)
+	}
+
+	p.ResetFaults()
+	charged(t, srv, "charge-k", 1000) // ch_1
+	retry := postRefund(t, srv, "k", "ch_1", 600)
+
+	if e := decode[errorBody](t, retry); retry.status != http.StatusNotFound || e.Error != "no_such_charge" {
+		t.Errorf("retry = %d %s, want the recorded 404 no_such_charge", retry.status, retry.body)
+	}
+	if n := len(p.Refunds()); n != 0 {
+		t.Errorf("ledger has %d refunds, want none", n)
+	}
+}
+
+func TestFaults_ApplyToRefundReplaysWithoutChangingTheLedger(t *testing.T) {
+	tests := []struct {
+		name       string
+		faults     fakeprovider.Faults
+		wantStatus int
+	}{
+		{"error rate", fakeprovider.Faults{ErrorRate: 1}, http.StatusServiceUnavailable},
+		{"charge-then-error rate", fakeprovider.Faults{ChargeThenErrorRate: 1}, http.StatusInternalServerError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, srv := start(t)
+			ch := charged(t, srv, "charge-k", 1000)
+			postRefund(t, srv, "k", ch, 600)
+			before := p.Refunds()
+			mustSetFaults(t, p, tt.faults)
+
+			got := postRefund(t, srv, "k", ch, 600)
+
+			if got.status != tt.wantStatus {
+				t.Errorf("status = %d, want %d", got.status, tt.wantStatus)
+			}
+			if after := p.Refunds(); len(after) != 1 || after[0] != before[0] {
+				t.Errorf("ledger = %+v, want it unchanged: %+v", after, before)
+			}
+		})
+	}
+}
+
 func TestFaults_ApplyToReplaysWithoutChangingTheLedger(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -236,7 +351,7 @@ func TestFaults_DrawFromTheInjectedRandomSource(t *testing.T) {
 	}
 }
 
-func TestLatency_DelaysTheChargesAPIButNotTheFaultControls(t *testing.T) {
+func TestLatency_DelaysChargesAndRefundsButNotTheFaultControls(t *testing.T) {
 	const latency = 250 * time.Millisecond
 	tests := []struct {
 		method    string
@@ -248,6 +363,10 @@ func TestLatency_DelaysTheChargesAPIButNotTheFaultControls(t *testing.T) {
 		{http.MethodPost, "/v1/charges", `{"amount":0}`, latency}, // even a rejection
 		{http.MethodGet, "/v1/charges", "", latency},
 		{http.MethodGet, "/v1/charges?idempotency_key=k", "", latency},
+		{http.MethodPost, "/v1/refunds", `{"charge":"ch_1","amount":1000}`, latency}, // refused: no such charge
+		{http.MethodPost, "/v1/refunds", `{"amount":0}`, latency},
+		{http.MethodGet, "/v1/refunds", "", latency},
+		{http.MethodGet, "/v1/refunds?idempotency_key=k", "", latency},
 		{http.MethodGet, "/_faults", "", 0},
 		{http.MethodPut, "/_faults", `{"latency_ms":250}`, 0},
 		{http.MethodDelete, "/_faults", "", 0},

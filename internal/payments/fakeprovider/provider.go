@@ -1,17 +1,34 @@
 // Package fakeprovider is an in-memory fake of a card payment provider's
-// charges API with switchable fault injection, for tests, local runs and game
-// days.
+// charges and refunds API with switchable fault injection, for tests, local
+// runs and game days.
 //
-// It reproduces what a payment client has to survive — declines, idempotent
-// replays, outages, slow answers and the ambiguous "charged, but the answer
-// was lost" outcome — and nothing more. The trade-offs follow from that: the
-// ledger lives in memory, so a restart forgets every charge; there is no
-// authentication, so anyone who can reach it can change its faults; and
-// currencies and references are echoed, not validated. Every request is
-// decided under one mutex, which serialises the fake but makes "one key, one
-// charge" trivially true under any concurrency. Fault decisions draw from an
-// injectable random source (see WithRandom), so tests can make them
-// deterministic.
+// It reproduces what a payment client has to survive — declines, refused
+// refunds, idempotent replays, outages, slow answers and the ambiguous "done,
+// but the answer was lost" outcome — and nothing more. The trade-offs follow
+// from that: the ledger lives in memory, so a restart forgets every charge
+// and refund; there is no authentication, so anyone who can reach it can
+// change its faults; and currencies and references are echoed, not
+// validated. Every request is decided under one mutex, which serialises the
+// fake but makes "one key, one charge", "one key, one refund" and "never
+// refund more than was charged" trivially true under any concurrency. Fault
+// decisions draw from an injectable random source (see WithRandom), so tests
+// can make them deterministic.
+//
+// The API, all in JSON:
+//
+//	POST /v1/charges    {"amount","currency","reference"} → 201 the charge, or 402 if declined
+//	GET  /v1/charges    → {"data":[every charge],"count":n}
+//	GET  /v1/charges?idempotency_key=K → {"data":[the charge made with K, if any]}
+//	POST /v1/refunds    {"charge","amount","reference"} → 201 the refund; 404 unknown charge;
+//	                    422 declined charge, or more than the charge has left to refund
+//	GET  /v1/refunds    → {"data":[every refund],"count":n}
+//	GET  /v1/refunds?idempotency_key=K → {"data":[the refund made with K, if any]}
+//	GET, PUT, DELETE /_faults → the faults in force (see Faults); never delayed
+//
+// The POSTs need an Idempotency-Key header: the same key again answers what
+// the first request came to, and a key reused for a different request is
+// refused (422 idempotency_key_reused). Charges and refunds keep their keys
+// apart. Errors answer {"error":code,"message":text}.
 package fakeprovider
 
 import (
@@ -24,18 +41,25 @@ import (
 	"time"
 )
 
-// Provider is the fake provider: an http.Handler serving the charges API
-// under /v1/ and the fault controls under /_faults. Build one with New; it is
-// safe for concurrent use.
+// Provider is the fake provider: an http.Handler serving the charges and
+// refunds API under /v1/ and the fault controls under /_faults. Build one
+// with New; it is safe for concurrent use.
 type Provider struct {
 	mux *http.ServeMux
 
-	mu      sync.Mutex
-	random  func() float64 // called with mu held, so it need not be safe for concurrent use
-	newID   func() string  // called with mu held, likewise
-	faults  Faults
-	charges []Charge       // in the order they were made, for listing
-	byKey   map[string]int // idempotency key → index into charges
+	mu           sync.Mutex
+	random       func() float64 // called with mu held, so it need not be safe for concurrent use
+	newChargeID  func() string  // called with mu held, likewise
+	newRefundID  func() string  // likewise
+	faults       Faults
+	charges      []Charge       // in the order they were made, for listing
+	chargesByKey map[string]int // idempotency key → index into charges
+	chargesByID  map[string]int // charge ID → index into charges, for refunds
+	refunds      []Refund       // in the order they were made, for listing
+	// Refund keys are a space apart from charge keys: each endpoint answers
+	// for its own.
+	refundsByKey map[string]refundOutcome // idempotency key → what its first request came to
+	refunded     map[string]int64         // charge ID → the sum of its refunds
 
 	undelayed     chan struct{} // closed by StopDelaying
 	stopDelaysOne sync.Once
@@ -56,15 +80,26 @@ func WithRandom(random func() float64) Option {
 // "ch_" and 24 random hex digits. It is called once per recorded charge,
 // while the charge is being recorded, and must not return the same ID twice.
 func WithChargeIDs(newID func() string) Option {
-	return func(p *Provider) { p.newID = newID }
+	return func(p *Provider) { p.newChargeID = newID }
+}
+
+// WithRefundIDs makes the provider name new refunds with newID instead of
+// "rf_" and 24 random hex digits. It is called once per recorded refund,
+// while the refund is being recorded, and must not return the same ID twice.
+func WithRefundIDs(newID func() string) Option {
+	return func(p *Provider) { p.newRefundID = newID }
 }
 
 // New returns a provider with an empty ledger and no faults.
 func New(opts ...Option) *Provider {
 	p := &Provider{
-		random: rand.Float64,
-		newID:  randomChargeID,
-		byKey:  make(map[string]int),
+		random:       rand.Float64,
+		newChargeID:  func() string { return randomID("ch_") },
+		newRefundID:  func() string { return randomID("rf_") },
+		chargesByKey: make(map[string]int),
+		chargesByID:  make(map[string]int),
+		refundsByKey: make(map[string]refundOutcome),
+		refunded:     make(map[string]int64),
 
 		undelayed: make(chan struct{}),
 	}
@@ -79,6 +114,8 @@ func (p *Provider) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/charges", p.delayed(p.createCharge))
 	mux.Handle("GET /v1/charges", p.delayed(p.listCharges))
+	mux.Handle("POST /v1/refunds", p.delayed(p.createRefund))
+	mux.Handle("GET /v1/refunds", p.delayed(p.listRefunds))
 	mux.Handle("GET /_faults", immediate(p.getFaults))
 	mux.Handle("PUT /_faults", immediate(p.putFaults))
 	mux.Handle("DELETE /_faults", immediate(p.deleteFaults))
@@ -86,6 +123,7 @@ func (p *Provider) routes() *http.ServeMux {
 	// ServeMux would answer these in text/plain; a client of a JSON API
 	// should be able to decode every answer it gets.
 	mux.Handle("/v1/charges", methodNotAllowed("GET, HEAD, POST"))
+	mux.Handle("/v1/refunds", methodNotAllowed("GET, HEAD, POST"))
 	mux.Handle("/_faults", methodNotAllowed("DELETE, GET, HEAD, PUT"))
 	mux.Handle("/", immediate(func(r *http.Request) answer {
 		return errorAnswer(http.StatusNotFound, "not_found", "no route for "+r.Method+" "+r.URL.Path)
@@ -102,18 +140,18 @@ func (p *Provider) StopDelaying() {
 	p.stopDelaysOne.Do(func() { close(p.undelayed) })
 }
 
-// ServeHTTP serves the charges API and the fault controls.
+// ServeHTTP serves the charges and refunds API and the fault controls.
 func (p *Provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.mux.ServeHTTP(w, r)
 }
 
 // delayed serves h's answer after the injected latency. h decides first —
-// and may record a charge — and only then does the provider wait, so a client
-// that gives up during the wait leaves a charge it never heard about: the
-// ambiguous outcome the latency fault exists to produce. The wait ends with
-// the request's context, so an abandoned request frees its goroutine at once
-// instead of holding it for up to MaxLatency; and with StopDelaying, when
-// the answer goes out at once.
+// and may record a charge or refund — and only then does the provider wait,
+// so a client that gives up during the wait leaves a charge or refund it
+// never heard about: the ambiguous outcome the latency fault exists to
+// produce. The wait ends with the request's context, so an abandoned request
+// frees its goroutine at once instead of holding it for up to MaxLatency;
+// and with StopDelaying, when the answer goes out at once.
 func (p *Provider) delayed(h func(*http.Request) answer) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBodyBytes)
@@ -167,10 +205,11 @@ func (p *Provider) draw(rate float64) bool {
 	return rate > 0 && p.random() < rate
 }
 
-func randomChargeID() string {
+// randomID returns prefix and 24 random hex digits.
+func randomID(prefix string) string {
 	var b [12]byte
 	// crypto/rand.Read never returns an error: since Go 1.24 it crashes the
 	// program instead, as there is no safe way to go on without randomness.
 	_, _ = crand.Read(b[:])
-	return "ch_" + hex.EncodeToString(b[:])
+	return prefix + hex.EncodeToString(b[:])
 }

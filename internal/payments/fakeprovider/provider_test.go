@@ -58,6 +58,23 @@ func postCharge(t *testing.T, srv *httptest.Server, key string, amount int64) ex
 	return call(t, srv, http.MethodPost, "/v1/charges", key, body)
 }
 
+// charged makes a charge and returns its ID, failing the test unless it
+// was recorded (declined charges are).
+func charged(t *testing.T, srv *httptest.Server, key string, amount int64) string {
+	t.Helper()
+	got := postCharge(t, srv, key, amount)
+	if got.status != http.StatusCreated && got.status != http.StatusPaymentRequired {
+		t.Fatalf("charge with key %q: status = %d, want 201 or 402; body %s", key, got.status, got.body)
+	}
+	return decode[fakeprovider.Charge](t, got).ID
+}
+
+func postRefund(t *testing.T, srv *httptest.Server, key, charge string, amount int64) exchange {
+	t.Helper()
+	body := fmt.Sprintf(`{"charge":%q,"amount":%d,"reference":"re_%s"}`, charge, amount, key)
+	return call(t, srv, http.MethodPost, "/v1/refunds", key, body)
+}
+
 // decode decodes an answer's body, failing the test unless it is JSON and
 // says so in its Content-Type.
 func decode[T any](t *testing.T, x exchange) T {
@@ -87,6 +104,14 @@ func ids(charges []fakeprovider.Charge) []string {
 	return out
 }
 
+func refundIDs(refunds []fakeprovider.Refund) []string {
+	out := make([]string, 0, len(refunds))
+	for _, rf := range refunds {
+		out = append(out, rf.ID)
+	}
+	return out
+}
+
 type errorBody struct {
 	Error   string `json:"error"`
 	Message string `json:"message"`
@@ -102,6 +127,16 @@ func sequentialIDs() fakeprovider.Option {
 	})
 }
 
+// sequentialRefundIDs names refunds rf_1, rf_2, …, as sequentialIDs does
+// charges.
+func sequentialRefundIDs() fakeprovider.Option {
+	n := 0
+	return fakeprovider.WithRefundIDs(func() string {
+		n++
+		return fmt.Sprintf("rf_%d", n)
+	})
+}
+
 func TestRoutes_AnswerUnknownRoutesAndMethodsInJSON(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -111,9 +146,11 @@ func TestRoutes_AnswerUnknownRoutesAndMethodsInJSON(t *testing.T) {
 		wantCode   string
 		wantAllow  string
 	}{
-		{"unknown path", http.MethodGet, "/v1/refunds", http.StatusNotFound, "not_found", ""},
+		{"unknown path", http.MethodGet, "/v1/payouts", http.StatusNotFound, "not_found", ""},
 		{"path below charges", http.MethodGet, "/v1/charges/ch_1", http.StatusNotFound, "not_found", ""},
+		{"path below refunds", http.MethodGet, "/v1/refunds/rf_1", http.StatusNotFound, "not_found", ""},
 		{"wrong method on charges", http.MethodDelete, "/v1/charges", http.StatusMethodNotAllowed, "method_not_allowed", "GET, HEAD, POST"},
+		{"wrong method on refunds", http.MethodPut, "/v1/refunds", http.StatusMethodNotAllowed, "method_not_allowed", "GET, HEAD, POST"},
 		{"wrong method on faults", http.MethodPost, "/_faults", http.StatusMethodNotAllowed, "method_not_allowed", "DELETE, GET, HEAD, PUT"},
 	}
 	for _, tt := range tests {
@@ -160,15 +197,21 @@ func TestNew_DefaultChargeIDsAreDistinct(t *testing.T) {
 // Guard the one claim the lock exists for, against the race detector too.
 func TestProvider_GoAPIIsSafeForConcurrentUse(t *testing.T) {
 	p, srv := start(t)
+	refundable := charged(t, srv, "charge-0", 1000)
 	var wg sync.WaitGroup
 	for i := range 10 {
 		wg.Go(func() { postCharge(t, srv, fmt.Sprintf("key-%d", i), 1000) })
+		wg.Go(func() { postRefund(t, srv, fmt.Sprintf("refund-%d", i), refundable, 100) })
 		wg.Go(func() { _ = p.SetFaults(fakeprovider.Faults{LatencyMS: i}) })
 		wg.Go(func() { p.Charges(); p.ChargesByKey("key-1"); p.Faults() })
+		wg.Go(func() { p.Refunds(); p.RefundsByKey("refund-1") })
 	}
 	wg.Wait()
 
-	if n := len(p.Charges()); n != 10 {
-		t.Errorf("ledger has %d charges, want 10", n)
+	if n := len(p.Charges()); n != 11 {
+		t.Errorf("ledger has %d charges, want 11", n)
+	}
+	if n := len(p.Refunds()); n != 10 {
+		t.Errorf("ledger has %d refunds, want 10", n)
 	}
 }
