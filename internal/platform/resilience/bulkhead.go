@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,105 +12,87 @@ import (
 
 // Errors of Bulkhead.Submit.
 var (
-	// ErrBulkheadFull means every worker is busy and the queue is full:
-	// the work was refused at once, without waiting.
+	// ErrBulkheadFull means every slot is taken and as many calls as
+	// allowed already wait for one: the work was refused at once, without
+	// waiting.
 	ErrBulkheadFull = errors.New("bulkhead full")
 	// ErrBulkheadClosed means the bulkhead is shutting down.
 	ErrBulkheadClosed = errors.New("bulkhead closed")
 )
 
-// Bulkhead runs work on a fixed set of workers with a bounded queue in
-// front, like a ship's watertight compartments: when a dependency slows
-// down, the calls waiting for it pile up here, up to a limit, instead of
-// taking every goroutine, connection and byte of memory the service has.
-// Beyond the limit, work is refused at once, which the API turns into a
-// fast 503 rather than a slow timeout.
+// Bulkhead bounds the calls to a dependency, like a ship's watertight
+// compartments: when the dependency slows down, the calls waiting for it
+// pile up here, up to a limit, instead of taking every goroutine,
+// connection and byte of memory the service has. Beyond the limit, work is
+// refused at once, which the API turns into a fast 503 rather than a slow
+// timeout.
 //
-// Work that is still queued when its caller gives up is removed from the
-// queue at once; work that has started runs to its end (it receives the
+// It is a counting semaphore with a bounded, first-in first-out line of
+// waiters: at most Concurrency calls run at once, at most Queue more wait
+// for a slot, and a slot freed goes straight to the oldest waiter, so that
+// a call arriving later cannot overtake it. The work runs on the caller's
+// own goroutine, as if the caller had called it itself: no hand-off to
+// another goroutine, no pool of goroutines to size or stop, and no
+// allocation when a slot is free. The price is that the caller's goroutine
+// blocks while it waits for a slot, which is what an HTTP handler calling
+// the dependency does anyway.
+//
+// A caller that gives up while waiting leaves the line at once and its
+// work never runs; work that has started runs to its end (it receives the
 // caller's context and should honour it).
 type Bulkhead struct {
-	name     string
-	capacity int // workers + queue: work admitted at once, running or waiting
+	name       string
+	slots      int // calls running at once
+	maxWaiting int // calls waiting for a slot
 
-	mu       sync.Mutex
-	cond     *sync.Cond // signalled when work is queued or the bulkhead closes
-	queue    list.List  // of *job
-	closed   bool
-	inFlight int
-
-	running sync.WaitGroup // the workers
+	mu      sync.Mutex
+	running int       // slots taken, including those handed to a waiter not yet awake
+	waiters list.List // of *waiter, oldest first; not empty only while running == slots
+	closed  bool
+	drained chan struct{} // closed once closed and nothing runs or waits
 
 	inFlightGauge prometheus.Gauge
 	queueGauge    prometheus.Gauge
 	rejections    *prometheus.CounterVec
+
+	// afterCancel, if set, is called by a waiter whose context has ended,
+	// before it takes the lock to leave the line. Tests only: it lets them
+	// hand the waiter a slot at that very moment.
+	afterCancel func()
 }
 
-type job struct {
-	ctx      context.Context
-	fn       func(context.Context) error
-	err      error
-	panicked *panicError // fn's panic, if it panicked
-	done     chan struct{}
-	elem     *list.Element // in the queue while not nil; guarded by Bulkhead.mu
+// waiter is a call waiting for a slot.
+type waiter struct {
+	ready   chan struct{} // closed when the slot is handed over
+	granted bool          // the slot is this waiter's; guarded by Bulkhead.mu
 }
 
-// run calls fn, recovering a panic: nothing recovers panics on a worker's
-// goroutine (net/http does only on its handlers'), so one would kill the
-// process.
-func (j *job) run() {
-	defer func() {
-		if v := recover(); v != nil {
-			j.panicked = &panicError{value: v, stack: debug.Stack()}
-		}
-	}()
-	j.err = j.fn(j.ctx)
+// BulkheadSettings size a Bulkhead.
+type BulkheadSettings struct {
+	Name        string // the dependency; a metric label
+	Concurrency int    // calls running at once
+	Queue       int    // calls waiting for a slot
 }
 
-// result is what Submit returns for a finished job. A panic in fn is
-// raised again here, on the caller's goroutine, where it would have been
-// had the caller run fn itself: an HTTP handler's recovery then answers
-// 500, and the worker lives on.
-func (j *job) result() error {
-	if j.panicked != nil {
-		panic(j.panicked)
-	}
-	return j.err
-}
-
-// panicError is a panic carried from a worker to the Submit caller, with
-// the worker's stack, which the panic raised again would otherwise lose
-// (as golang.org/x/sync/singleflight does).
-type panicError struct {
-	value any
-	stack []byte
-}
-
-func (p *panicError) Error() string {
-	return fmt.Sprintf("panic in bulkhead work: %v\n\nworker stack:\n%s", p.value, p.stack)
-}
-
-// Unwrap exposes the panic value when it is an error.
-func (p *panicError) Unwrap() error {
-	err, _ := p.value.(error)
-	return err
-}
-
-// NewBulkhead starts workers goroutines that take work from a queue of at
-// most queueSize. Close stops them.
-func NewBulkhead(name string, workers, queueSize int, reg prometheus.Registerer) (*Bulkhead, error) {
+// NewBulkhead returns a bulkhead that runs at most s.Concurrency calls at
+// once and lets at most s.Queue more wait for a slot. It starts no
+// goroutine; Close is for a graceful shutdown.
+func NewBulkhead(s BulkheadSettings, reg prometheus.Registerer) (*Bulkhead, error) {
+	name, workers, queueSize := s.Name, s.Concurrency, s.Queue
 	if workers < 1 || queueSize < 0 {
-		return nil, fmt.Errorf("bulkhead %s: need at least one worker and a non-negative queue, got %d and %d", name, workers, queueSize)
+		return nil, fmt.Errorf("bulkhead %s: need at least one call at a time and a non-negative queue, got %d and %d", name, workers, queueSize)
 	}
 	labels := prometheus.Labels{"name": name}
 	b := &Bulkhead{
-		name:     name,
-		capacity: workers + queueSize,
+		name:       name,
+		slots:      workers,
+		maxWaiting: queueSize,
+		drained:    make(chan struct{}),
 		inFlightGauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bulkhead_in_flight", Help: "Work running on the bulkhead's workers.", ConstLabels: labels,
+			Name: "bulkhead_in_flight", Help: "Calls running in the bulkhead.", ConstLabels: labels,
 		}),
 		queueGauge: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "bulkhead_queue_depth", Help: "Work waiting for a bulkhead worker.", ConstLabels: labels,
+			Name: "bulkhead_queue_depth", Help: "Calls waiting for a bulkhead slot.", ConstLabels: labels,
 		}),
 		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulkhead_rejections_total", Help: "Work refused by the bulkhead, by reason (full, closed).", ConstLabels: labels,
@@ -120,106 +101,124 @@ func NewBulkhead(name string, workers, queueSize int, reg prometheus.Registerer)
 	if err := registerAll(reg, b.inFlightGauge, b.queueGauge, b.rejections); err != nil {
 		return nil, fmt.Errorf("bulkhead %s metrics: %w", name, err)
 	}
-	b.cond = sync.NewCond(&b.mu)
-	for range workers {
-		b.running.Go(b.work)
-	}
 	return b, nil
 }
 
-// Submit runs fn on a worker and returns its error. It returns
-// ErrBulkheadFull at once when the queue is full, and ctx's error if ctx
-// ends while fn is still queued (fn then never runs). Once fn has started,
-// Submit waits for it to finish; if fn panics, Submit panics with the
-// panic and the worker's stack.
+// Submit runs fn on the caller's goroutine once a slot is free, and returns
+// its error. It returns ErrBulkheadFull at once when every slot is taken
+// and the line of waiters is full, and ctx's error if ctx ends before fn
+// starts (fn then never runs). A panic in fn goes through Submit to its
+// caller, as it would have had the caller run fn itself; the slot is freed
+// on the way, as it is before Submit returns.
 func (b *Bulkhead) Submit(ctx context.Context, fn func(context.Context) error) error {
+	if err := b.acquire(ctx); err != nil {
+		return err
+	}
+	defer b.release()
+	return fn(ctx)
+}
+
+// acquire takes a slot, waiting in line for one if need be.
+func (b *Bulkhead) acquire(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	j := &job{ctx: ctx, fn: fn, done: make(chan struct{})}
-
 	b.mu.Lock()
 	switch {
 	case b.closed:
 		b.mu.Unlock()
 		b.rejections.WithLabelValues("closed").Inc()
 		return fmt.Errorf("%w (%s)", ErrBulkheadClosed, b.name)
-	case b.inFlight+b.queue.Len() >= b.capacity:
+	case b.running < b.slots: // then nobody waits: a slot freed goes to a waiter
+		b.running++
+		b.inFlightGauge.Set(float64(b.running))
+		b.mu.Unlock()
+		return nil
+	case b.waiters.Len() >= b.maxWaiting:
 		b.mu.Unlock()
 		b.rejections.WithLabelValues("full").Inc()
 		return fmt.Errorf("%w (%s)", ErrBulkheadFull, b.name)
 	}
-	j.elem = b.queue.PushBack(j)
-	b.queueGauge.Set(float64(b.queue.Len()))
-	b.cond.Signal()
+	w := &waiter{ready: make(chan struct{})}
+	elem := b.waiters.PushBack(w)
+	b.queueGauge.Set(float64(b.waiters.Len()))
 	b.mu.Unlock()
 
 	select {
-	case <-j.done:
-		return j.result()
+	case <-w.ready:
 	case <-ctx.Done():
 	}
+	if ctx.Err() == nil { // woken by the hand-over: the slot is ours
+		return nil
+	}
+	// ctx has ended, perhaps just as the slot was handed over: then the
+	// slot is passed on, as if fn had run and returned at once, rather
+	// than spent on work whose caller has given up.
+	if b.afterCancel != nil {
+		b.afterCancel()
+	}
 	b.mu.Lock()
-	if j.elem != nil { // still queued: withdraw it, freeing its slot now
-		b.queue.Remove(j.elem)
-		j.elem = nil
-		b.queueGauge.Set(float64(b.queue.Len()))
-		b.mu.Unlock()
-		return ctx.Err()
+	if w.granted {
+		b.releaseLocked()
+	} else {
+		b.waiters.Remove(elem)
+		b.queueGauge.Set(float64(b.waiters.Len()))
+		b.drainedLocked()
 	}
 	b.mu.Unlock()
-	<-j.done // already running: it has ctx, and will end
-	return j.result()
+	return ctx.Err()
 }
 
-// work is one worker: it runs queued jobs until the bulkhead is closed and
-// the queue is empty.
-func (b *Bulkhead) work() {
-	for {
-		b.mu.Lock()
-		for b.queue.Len() == 0 && !b.closed {
-			b.cond.Wait()
-		}
-		if b.queue.Len() == 0 { // closed and drained
-			b.mu.Unlock()
-			return
-		}
-		j := b.queue.Remove(b.queue.Front()).(*job)
-		j.elem = nil
-		b.inFlight++
-		b.queueGauge.Set(float64(b.queue.Len()))
-		b.inFlightGauge.Set(float64(b.inFlight))
-		b.mu.Unlock()
+// release frees the slot taken by acquire.
+func (b *Bulkhead) release() {
+	b.mu.Lock()
+	b.releaseLocked()
+	b.mu.Unlock()
+}
 
-		j.run()
+// releaseLocked hands the slot to the oldest waiter, if any, or frees it.
+// Handing it over, rather than freeing it for the waiter to take, is what
+// keeps a call arriving meanwhile from overtaking the waiters.
+func (b *Bulkhead) releaseLocked() {
+	if front := b.waiters.Front(); front != nil {
+		w := b.waiters.Remove(front).(*waiter)
+		w.granted = true
+		close(w.ready)
+		b.queueGauge.Set(float64(b.waiters.Len()))
+		return // running is unchanged: the slot changed hands
+	}
+	b.running--
+	b.inFlightGauge.Set(float64(b.running))
+	b.drainedLocked()
+}
 
-		b.mu.Lock()
-		b.inFlight--
-		b.inFlightGauge.Set(float64(b.inFlight))
-		b.mu.Unlock()
-		// Only now release the caller: once Submit returns, the job's slot
-		// must be free, or a caller submitting again at once could be
-		// refused by an idle bulkhead.
-		close(j.done)
+// drainedLocked closes drained once the bulkhead is closed and nothing runs
+// or waits any more. Nothing can be admitted after that, so it happens once.
+func (b *Bulkhead) drainedLocked() {
+	if b.closed && b.running == 0 && b.waiters.Len() == 0 {
+		close(b.drained)
 	}
 }
 
 // Close refuses new work and waits until the work already accepted —
-// running or queued — has finished, or ctx ends. It is the bulkhead's part
-// of a graceful shutdown.
+// running or waiting for a slot — has finished, or ctx ends. It is the
+// bulkhead's part of a graceful shutdown. Work still running when ctx ends
+// carries on; Stats tells how much there was.
 func (b *Bulkhead) Close(ctx context.Context) error {
 	b.mu.Lock()
-	b.closed = true
-	b.cond.Broadcast()
+	if !b.closed {
+		b.closed = true
+		b.drainedLocked()
+	}
 	b.mu.Unlock()
 
-	drained := make(chan struct{})
-	go func() { // ends when the last worker does, even if ctx ends first
-		b.running.Wait()
-		close(drained)
-	}()
 	select {
-	case <-drained:
+	case <-b.drained:
+		return nil
+	default:
+	}
+	select {
+	case <-b.drained:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("bulkhead %s: work still running at shutdown: %w", b.name, ctx.Err())
@@ -231,12 +230,12 @@ func (b *Bulkhead) Close(ctx context.Context) error {
 func (b *Bulkhead) Full() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.closed || b.inFlight+b.queue.Len() >= b.capacity
+	return b.closed || (b.running >= b.slots && b.waiters.Len() >= b.maxWaiting)
 }
 
-// Stats returns the work running and queued now.
+// Stats returns the calls running and waiting for a slot now.
 func (b *Bulkhead) Stats() (inFlight, queued int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.inFlight, b.queue.Len()
+	return b.running, b.waiters.Len()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,16 +19,16 @@ import (
 func newTestBulkhead(t *testing.T, workers, queue int) (*Bulkhead, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	b, err := NewBulkhead("dep", workers, queue, reg)
+	b, err := NewBulkhead(BulkheadSettings{Name: "dep", Concurrency: workers, Queue: queue}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b, reg
 }
 
-// occupy submits running+queued jobs that block until release is closed,
-// and waits until exactly running of them run and queued wait: a job
-// accepted but not yet picked up by a free worker is queued for a moment.
+// occupy submits running+queued calls that block until release is closed,
+// and waits until running of them run and queued wait for a slot (each
+// from a goroutine of its own, so they arrive in no particular order).
 func occupy(t *testing.T, b *Bulkhead, running, queued int, release <-chan struct{}) *sync.WaitGroup {
 	t.Helper()
 	var wg sync.WaitGroup
@@ -130,7 +132,7 @@ func TestBulkhead_TenThousandCancelledSubmissionsLeakNothing(t *testing.T) {
 	before := runtime.NumGoroutine()
 	b, reg := newTestBulkhead(t, 4, n)
 	release := make(chan struct{})
-	wg := occupy(t, b, 4, 0, release) // every worker busy: submissions queue
+	wg := occupy(t, b, 4, 0, release) // every slot taken: submissions wait
 	busy := runtime.NumGoroutine()
 
 	// Queue them all, then cancel them all while they wait.
@@ -166,20 +168,30 @@ func TestBulkhead_TenThousandCancelledSubmissionsLeakNothing(t *testing.T) {
 	if ran.Load() != 0 {
 		t.Errorf("%d cancelled jobs ran", ran.Load())
 	}
-	// The workers are gone too: back to the goroutines from before the
-	// bulkhead existed. Four workers left running would never get there.
+	// Back to the goroutines from before the bulkhead existed: it has none
+	// of its own, and the occupying calls have returned.
 	waitFor(t, func() bool { return runtime.NumGoroutine() <= before })
 }
 
 func TestBulkhead_SlotIsFreeOnceSubmitReturns(t *testing.T) {
-	// One worker, no queue: every submission needs the slot the previous
-	// one held. Were the caller released before the slot, the next
-	// submission would now and then be refused by an idle bulkhead.
+	// One slot, no line: every submission needs the slot the previous one
+	// held. Were the caller released before the slot, Stats would show it
+	// still taken, and the next submission could be refused by an idle
+	// bulkhead.
 	b, _ := newTestBulkhead(t, 1, 0)
 	defer b.Close(context.Background())
 	for i := range 10_000 {
-		if err := b.Submit(context.Background(), func(context.Context) error { return nil }); err != nil {
+		err := b.Submit(context.Background(), func(context.Context) error {
+			if running, _ := b.Stats(); running != 1 {
+				t.Fatalf("submission %d: Stats shows %d running from inside the call, want 1", i+1, running)
+			}
+			return nil
+		})
+		if err != nil {
 			t.Fatalf("submission %d, made after the previous one returned: %v", i+1, err)
+		}
+		if running, queued := b.Stats(); running != 0 || queued != 0 {
+			t.Fatalf("right after submission %d returned: %d running, %d queued; want none", i+1, running, queued)
 		}
 		if b.Full() {
 			t.Fatalf("Full() right after submission %d returned, with nothing running", i+1)
@@ -187,27 +199,210 @@ func TestBulkhead_SlotIsFreeOnceSubmitReturns(t *testing.T) {
 	}
 }
 
-func TestBulkhead_PanicInWorkReachesTheCallerAndSparesTheWorker(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		b, _ := newTestBulkhead(t, 1, 0)
-		defer b.Close(context.Background())
-		boom := errors.New("boom")
-		var recovered any
-		func() {
-			defer func() { recovered = recover() }()
-			_ = b.Submit(context.Background(), func(context.Context) error { panic(boom) })
+func TestBulkhead_PanicInWorkReachesTheCallerAndFreesTheSlot(t *testing.T) {
+	b, _ := newTestBulkhead(t, 1, 0) // not closed: a leaked slot would hang Close
+	boom := errors.New("boom")
+	var recovered any
+	var stack string
+	func() {
+		defer func() {
+			recovered = recover()
+			stack = string(debug.Stack()) // still the panicking stack
 		}()
-		err, _ := recovered.(error)
-		if !errors.Is(err, boom) {
-			t.Fatalf("Submit's caller recovered %v, want the work's panic", recovered)
+		_ = b.Submit(context.Background(), func(context.Context) error { panic(boom) })
+	}()
+	// The panic is fn's own, not wrapped, and it unwound through Submit on
+	// this goroutine: the stack holds the work, Submit and this test.
+	if recovered != boom {
+		t.Fatalf("Submit's caller recovered %v, want the work's panic itself", recovered)
+	}
+	for _, frame := range []string{"(*Bulkhead).Submit", t.Name() + ".func"} {
+		if !strings.Contains(stack, frame) {
+			t.Errorf("the panic's stack has no %s frame:\n%s", frame, stack)
 		}
-		// The stack of the panic is the worker's, not only the caller's.
-		if !strings.Contains(err.Error(), t.Name()) {
-			t.Errorf("the panic carries no stack of the work that panicked:\n%v", err)
+	}
+	// The only slot was freed on the way.
+	if running, queued := b.Stats(); running != 0 || queued != 0 {
+		t.Errorf("after the panic: %d running, %d queued; want none", running, queued)
+	}
+	if err := b.Submit(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Errorf("Submit after a panic = %v, want the slot back", err)
+	}
+}
+
+func TestBulkhead_GoexitInWorkFreesTheSlot(t *testing.T) {
+	// runtime.Goexit, as t.FailNow calls, unwinds through Submit too.
+	b, _ := newTestBulkhead(t, 1, 0) // not closed: a leaked slot would hang Close
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = b.Submit(context.Background(), func(context.Context) error { runtime.Goexit(); return nil })
+		t.Error("Submit returned after the work called runtime.Goexit")
+	}()
+	<-done
+	if running, queued := b.Stats(); running != 0 || queued != 0 {
+		t.Errorf("after runtime.Goexit: %d running, %d queued; want none", running, queued)
+	}
+}
+
+// goroutineID is the number in the first line of the current goroutine's
+// stack ("goroutine 18 [running]:"). For tests only. It may be called off
+// the test's goroutine, hence Errorf and not Fatalf.
+func goroutineID(t *testing.T) string {
+	t.Helper()
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, ok := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	if !ok || id == "" {
+		t.Errorf("no goroutine number in %q", buf)
+		return "?"
+	}
+	return id
+}
+
+func TestBulkhead_RunsTheWorkOnTheCallersGoroutine(t *testing.T) {
+	b, _ := newTestBulkhead(t, 1, 1)
+	defer b.Close(context.Background())
+	// submit calls Submit and reports the goroutines of caller and work.
+	submit := func() (caller, callee string) {
+		caller = goroutineID(t)
+		if err := b.Submit(context.Background(), func(context.Context) error {
+			callee = goroutineID(t)
+			return nil
+		}); err != nil {
+			t.Error(err)
 		}
-		// The only worker survived and took its slot back.
-		if err := b.Submit(context.Background(), func(context.Context) error { return nil }); err != nil {
-			t.Errorf("Submit after a panic = %v, want the worker to live on", err)
+		return caller, callee
+	}
+
+	// With a slot free.
+	if caller, callee := submit(); callee != caller {
+		t.Errorf("with a slot free, the work ran on goroutine %q, its caller is %q", callee, caller)
+	}
+	// After waiting in line for a slot.
+	release := make(chan struct{})
+	wg := occupy(t, b, 1, 0, release)
+	type goroutines struct{ caller, callee string }
+	submitted := make(chan goroutines)
+	go func() {
+		caller, callee := submit()
+		submitted <- goroutines{caller, callee}
+	}()
+	waitFor(t, func() bool { _, queued := b.Stats(); return queued == 1 })
+	close(release)
+	if g := <-submitted; g.callee != g.caller {
+		t.Errorf("after waiting, the work ran on goroutine %q, its caller is %q", g.callee, g.caller)
+	}
+	wg.Wait()
+}
+
+func TestBulkhead_FreeSlotAllocatesNothing(t *testing.T) {
+	b, _ := newTestBulkhead(t, 1, 0)
+	defer b.Close(context.Background())
+	ctx := context.Background()
+	fn := func(context.Context) error { return nil }
+	if allocs := testing.AllocsPerRun(1000, func() { _ = b.Submit(ctx, fn) }); allocs != 0 {
+		t.Errorf("Submit with a slot free allocates %v times, want 0", allocs)
+	}
+}
+
+func TestBulkhead_FreedSlotGoesToTheOldestWaiter(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 5
+		b, _ := newTestBulkhead(t, 1, n)
+		defer b.Close(context.Background())
+		var mu sync.Mutex
+		var order []string
+		record := func(who string) func(context.Context) error {
+			return func(context.Context) error {
+				mu.Lock()
+				defer mu.Unlock()
+				order = append(order, who)
+				return nil
+			}
+		}
+
+		// This goroutine holds the only slot while n callers get in line,
+		// one after the other.
+		var wg sync.WaitGroup
+		err := b.Submit(context.Background(), func(context.Context) error {
+			for i := range n {
+				wg.Go(func() {
+					if err := b.Submit(context.Background(), record(strconv.Itoa(i))); err != nil {
+						t.Errorf("waiter %d: %v", i, err)
+					}
+				})
+				synctest.Wait() // waiter i is in line before waiter i+1 comes
+				if _, queued := b.Stats(); queued != i+1 {
+					t.Fatalf("%d waiting after %d came, want %d", queued, i+1, i+1)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The slot went straight to the oldest waiter, awake or not: a call
+		// arriving now finds it taken and gets in line behind the others.
+		if running, queued := b.Stats(); running != 1 || queued != n-1 {
+			t.Errorf("once the holder returned: %d running, %d waiting; want 1 and %d", running, queued, n-1)
+		}
+		if err := b.Submit(context.Background(), record("late")); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		want := []string{"0", "1", "2", "3", "4", "late"}
+		if strings.Join(order, " ") != strings.Join(want, " ") {
+			t.Errorf("ran in the order %v, want %v", order, want)
+		}
+	})
+}
+
+func TestBulkhead_SlotHandedToAWaiterThatGaveUpIsPassedOn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b, _ := newTestBulkhead(t, 1, 2)
+		defer b.Close(context.Background())
+		// The first waiter's context ends, and the slot is handed to it
+		// before it can leave the line.
+		sawCancel, handedOver := make(chan struct{}), make(chan struct{})
+		b.afterCancel = func() { close(sawCancel); <-handedOver }
+		ctx, cancel := context.WithCancel(context.Background())
+		var ranCancelled, ranNext atomic.Bool
+		var wg sync.WaitGroup
+		err := b.Submit(context.Background(), func(context.Context) error {
+			wg.Go(func() {
+				err := b.Submit(ctx, func(context.Context) error { ranCancelled.Store(true); return nil })
+				if !errors.Is(err, context.Canceled) {
+					t.Errorf("the waiter that gave up: Submit = %v, want context.Canceled", err)
+				}
+			})
+			synctest.Wait()
+			wg.Go(func() {
+				if err := b.Submit(context.Background(), func(context.Context) error { ranNext.Store(true); return nil }); err != nil {
+					t.Errorf("the next waiter: %v", err)
+				}
+			})
+			synctest.Wait()
+			cancel()
+			<-sawCancel
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if running, queued := b.Stats(); running != 1 || queued != 1 {
+			t.Errorf("slot handed to the waiter that gave up: %d running, %d waiting; want 1 and 1", running, queued)
+		}
+		close(handedOver)
+		wg.Wait()
+		if ranCancelled.Load() {
+			t.Error("the work of the waiter that gave up ran")
+		}
+		if !ranNext.Load() {
+			t.Error("the slot was not passed on to the next waiter")
+		}
+		if running, queued := b.Stats(); running != 0 || queued != 0 {
+			t.Errorf("at the end: %d running, %d waiting; want none", running, queued)
 		}
 	})
 }
@@ -229,12 +424,18 @@ func TestBulkhead_CloseDrainsAcceptedWork(t *testing.T) {
 				}
 			})
 		}
-		synctest.Wait() // all five accepted: two running, three queued
+		synctest.Wait() // all five accepted: two running, three waiting
+		if running, queued := b.Stats(); running != 2 || queued != 3 {
+			t.Fatalf("%d running, %d waiting; want 2 and 3", running, queued)
+		}
 		if err := b.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		if done.Load() != 5 {
-			t.Fatalf("Close returned with %d of 5 accepted jobs done", done.Load())
+			t.Fatalf("Close returned with %d of 5 accepted calls done", done.Load())
+		}
+		if running, queued := b.Stats(); running != 0 || queued != 0 {
+			t.Errorf("after Close: %d running, %d waiting; want none", running, queued)
 		}
 		wg.Wait()
 		if err := b.Submit(context.Background(), func(context.Context) error { return nil }); !errors.Is(err, ErrBulkheadClosed) {
@@ -245,15 +446,31 @@ func TestBulkhead_CloseDrainsAcceptedWork(t *testing.T) {
 
 func TestBulkhead_CloseGivesUpAtItsDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b, _ := newTestBulkhead(t, 1, 0)
+		b, _ := newTestBulkhead(t, 1, 1)
 		release := make(chan struct{})
-		wg := occupy(t, b, 1, 0, release)
+		wg := occupy(t, b, 1, 1, release)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		if err := b.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		err := b.Close(ctx)
+		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Close with stuck work = %v, want the deadline", err)
 		}
+		if !strings.Contains(err.Error(), "dep") {
+			t.Errorf("Close's error %q does not name the bulkhead", err)
+		}
+		// What was abandoned, for the shutdown's log.
+		if running, queued := b.Stats(); running != 1 || queued != 1 {
+			t.Errorf("after Close gave up: %d running, %d waiting; want 1 and 1", running, queued)
+		}
+		if err := b.Submit(context.Background(), func(context.Context) error { return nil }); !errors.Is(err, ErrBulkheadClosed) {
+			t.Errorf("Submit after Close = %v, want ErrBulkheadClosed", err)
+		}
+		// The abandoned calls still finish, the waiting one included, and
+		// a second Close then finds the bulkhead drained.
 		close(release)
 		wg.Wait()
+		if err := b.Close(context.Background()); err != nil {
+			t.Errorf("Close once drained = %v", err)
+		}
 	})
 }
