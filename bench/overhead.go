@@ -59,7 +59,7 @@ type Composition struct {
 func noop(context.Context) error { return nil }
 
 // Compositions returns the compositions to compare, direct first. stop
-// ends their background work (the bulkheads' workers).
+// closes their bulkheads.
 func Compositions() (cs []Composition, stop func(), err error) {
 	ps, psBulkhead, err := payservice(false)
 	if err != nil {
@@ -97,22 +97,22 @@ func payservice(withEgress bool) (func(context.Context) error, *resilience.Bulkh
 	if err != nil {
 		return nil, nil, err
 	}
-	retryBudget, err := resilience.NewRetryBudget(name, budgetRatio, 5, 10, reg)
+	retryBudget, err := resilience.NewRetryBudget(resilience.BudgetSettings{Name: name, Ratio: budgetRatio, MinPerSecond: 5, Capacity: 10}, reg)
 	if err != nil {
 		return nil, nil, err
 	}
-	retrier, err := resilience.NewRetrier(name, resilience.RetryPolicy{
-		MaxAttempts: maxAttempts, BaseDelay: baseDelay, MaxDelay: maxDelay,
+	retrier, err := resilience.NewRetrier(resilience.RetrySettings{
+		Name: name, MaxAttempts: maxAttempts, BaseDelay: baseDelay, MaxDelay: maxDelay,
 		MaxRetryAfter: 2 * time.Second, AttemptTimeout: attemptTimeout,
 	}, retryBudget, provider.RetryVerdict, reg)
 	if err != nil {
 		return nil, nil, err
 	}
-	egress, err := resilience.NewEgressLimiter(name, 1e9, 1e6, reg)
+	egress, err := resilience.NewEgressLimiter(resilience.EgressSettings{Name: name, PerSecond: 1e9, Burst: 1e6}, reg)
 	if err != nil {
 		return nil, nil, err
 	}
-	bh, err := resilience.NewBulkhead(name, bulkheadWorkers, bulkheadQueue, reg)
+	bh, err := resilience.NewBulkhead(resilience.BulkheadSettings{Name: name, Concurrency: bulkheadWorkers, Queue: bulkheadQueue}, reg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -134,13 +134,13 @@ func payservice(withEgress bool) (func(context.Context) error, *resilience.Bulkh
 // failsafeGo is the same composition in failsafe-go, outermost first:
 // bulkhead, retry policy, circuit breaker. Where the two differ:
 //
-//   - Bulkhead: failsafe-go's is a semaphore of 32 permits, and the call
-//     runs on the caller's goroutine; payservice's is a pool of 32 worker
-//     goroutines the call is handed to, with a queue of at most 64.
-//     failsafe-go has no bound on waiters, only on the time they wait
-//     (WithMaxWaitTime); left at 0, a call finding all permits taken is
-//     refused at once, as payservice's would be with BULKHEAD_QUEUE=0. The
-//     benchmarks never fill either, so only the uncontended path is timed.
+//   - Bulkhead: both are semaphores of 32 permits, and the call runs on
+//     the caller's goroutine. payservice's lets at most 64 callers wait,
+//     first come first served; failsafe-go has no bound on waiters, only
+//     on the time they wait (WithMaxWaitTime); left at 0, a call finding
+//     all permits taken is refused at once, as payservice's would be with
+//     PROVIDER_BULKHEAD_QUEUE=0. The benchmarks never fill either, so only
+//     the uncontended path is timed.
 //   - Retry budget: failsafe-go's caps retries in flight at 20% of the
 //     executions in flight (at least 3); payservice's is a token bucket
 //     (0.2 per call, 5/s floor, 10 saved). Both are consulted per call.

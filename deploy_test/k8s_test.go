@@ -22,7 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/app"
 )
 
 // Facts about the app that are code, not configuration.
@@ -46,7 +46,7 @@ func container(t *testing.T, m *manifests) corev1.Container {
 	return cs[0]
 }
 
-// runtimeVariables are read by the Go runtime, not by config.Load.
+// runtimeVariables are read by the Go runtime, not by app.Load.
 var runtimeVariables = []string{"GOMAXPROCS", "GOMEMLIMIT"}
 
 // containerEnv is the environment the container would see: the ConfigMap
@@ -72,12 +72,12 @@ func containerEnv(t *testing.T, m *manifests) map[string]string {
 	return env
 }
 
-// loadConfig runs config.Load on env and also returns every name Load asked
+// loadConfig runs app.Load on env and also returns every name Load asked
 // for. Load ignores variables it does not know, so a misspelt name in a
 // manifest would pass as its default unless checked against these.
-func loadConfig(env map[string]string) (cfg config.Config, read map[string]bool, err error) {
+func loadConfig(env map[string]string) (cfg app.Config, read map[string]bool, err error) {
 	read = map[string]bool{}
-	cfg, err = config.Load(func(k string) string {
+	cfg, _, err = app.Load(func(k string) string {
 		read[k] = true
 		return env[k]
 	})
@@ -85,7 +85,7 @@ func loadConfig(env map[string]string) (cfg config.Config, read map[string]bool,
 }
 
 // appConfig loads the app's configuration the way the container would.
-func appConfig(t *testing.T, m *manifests) config.Config {
+func appConfig(t *testing.T, m *manifests) app.Config {
 	t.Helper()
 	cfg, _, err := loadConfig(containerEnv(t, m))
 	if err != nil {
@@ -611,7 +611,7 @@ func selectsOnlyNamespace(sel *metav1.LabelSelector, name string) bool {
 func TestNetworkPolicy_AllowsEgressOnlyToItsDependencies(t *testing.T) {
 	m := rendered(t)
 	pod := labels.Set(m.deployment.Spec.Template.Labels)
-	provider, err := url.Parse(appConfig(t, m).ProviderURL)
+	provider, err := url.Parse(appConfig(t, m).Provider.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -685,10 +685,10 @@ func TestShutdown_GracePeriodOutlastsDrainAndShutdownTimeout(t *testing.T) {
 	if grace == nil {
 		t.Fatal("terminationGracePeriodSeconds unset")
 	}
-	need := cfg.ShutdownDrainDelay + cfg.ShutdownTimeout + exitAllowance
+	need := cfg.Shutdown.Drain + cfg.Shutdown.Timeout + exitAllowance
 	if got := time.Duration(*grace) * time.Second; got < need {
 		t.Errorf("terminationGracePeriodSeconds %v < SHUTDOWN_DRAIN_DELAY %v + SHUTDOWN_TIMEOUT %v + %v to exit: requests in flight would be killed",
-			got, cfg.ShutdownDrainDelay, cfg.ShutdownTimeout, exitAllowance)
+			got, cfg.Shutdown.Drain, cfg.Shutdown.Timeout, exitAllowance)
 	}
 }
 
@@ -716,16 +716,16 @@ func TestShutdown_ReadinessFailsBeforeTheListenerCloses(t *testing.T) {
 	// one period apart, mark it unready; the last may take its whole
 	// timeout to fail.
 	notice := seconds(p.PeriodSeconds*p.FailureThreshold + p.TimeoutSeconds)
-	if notice+endpointPropagation > cfg.ShutdownDrainDelay {
+	if notice+endpointPropagation > cfg.Shutdown.Drain {
 		t.Errorf("readiness needs up to %v (period × failureThreshold + timeout) to notice shutdown, + %v for endpoints to follow = %v, more than SHUTDOWN_DRAIN_DELAY %v",
-			notice, endpointPropagation, notice+endpointPropagation, cfg.ShutdownDrainDelay)
+			notice, endpointPropagation, notice+endpointPropagation, cfg.Shutdown.Drain)
 	}
 }
 
 func TestShutdown_LetsRequestsInFlightFinish(t *testing.T) {
 	cfg := appConfig(t, rendered(t))
-	if cfg.ShutdownTimeout < cfg.RequestTimeout {
-		t.Errorf("SHUTDOWN_TIMEOUT %v < REQUEST_TIMEOUT %v: a request started just before the listener closed may be cut off", cfg.ShutdownTimeout, cfg.RequestTimeout)
+	if cfg.Shutdown.Timeout < cfg.RequestTimeout {
+		t.Errorf("SHUTDOWN_TIMEOUT %v < REQUEST_TIMEOUT %v: a request started just before the listener closed may be cut off", cfg.Shutdown.Timeout, cfg.RequestTimeout)
 	}
 }
 
@@ -751,9 +751,9 @@ func TestConfig_PostgresConnectionsFitAtFullScale(t *testing.T) {
 	}
 	terminating := maxReplicas
 	pods := maxReplicas + surge + terminating
-	if total := pods * cfg.DBMaxOpenConns; total > postgresAppConnections {
+	if total := pods * cfg.Postgres.Pool.MaxOpenConns; total > postgresAppConnections {
 		t.Errorf("%d pods (HPA max %d + surge %d + %d terminating) × DB_MAX_OPEN_CONNS %d = %d connections, over the %d a default Postgres allows",
-			pods, maxReplicas, surge, terminating, cfg.DBMaxOpenConns, total, postgresAppConnections)
+			pods, maxReplicas, surge, terminating, cfg.Postgres.Pool.MaxOpenConns, total, postgresAppConnections)
 	}
 }
 

@@ -102,7 +102,7 @@ func TestCrash_KilledAfterRecordingThePaymentBeforeTheCharge(t *testing.T) {
 	env := crashEnv(st)
 	// One provider worker, busy with a slow charge: the next payment is
 	// written to Postgres, then waits in the bulkhead's queue.
-	env["BULKHEAD_WORKERS"], env["BULKHEAD_QUEUE"] = "1", "1"
+	env["PROVIDER_BULKHEAD_CONCURRENCY"], env["PROVIDER_BULKHEAD_QUEUE"] = "1", "1"
 	p1 := startProcess(t, bin, env)
 	waitReady(t, p1.api)
 	st.faults(t, fakeprovider.Faults{LatencyMS: 3000})

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/app"
 )
 
 // version is stamped at build time: -ldflags "-X main.version=v1.2.3".
@@ -67,11 +67,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	switch cmd {
 	case "serve":
-		return serve(ctx, getenv, stdout)
+		return app.Serve(ctx, getenv, stdout, version)
 	case "migrate":
-		return migrate(ctx, getenv, stdout)
+		return app.Migrate(ctx, getenv, stdout)
 	case "healthcheck":
-		return healthcheck(ctx, getenv)
+		return app.Healthcheck(ctx, getenv)
 	case "help":
 		usage(stdout)
 		return nil
@@ -90,5 +90,5 @@ Usage:
 
 Environment:
 `, version)
-	config.Usage(w)
+	app.Usage(w)
 }

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -16,8 +15,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
@@ -313,11 +310,11 @@ func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
 	}))
 	t.Cleanup(provider.Close)
 	st := newStack(t, map[string]string{
-		"PROVIDER_URL":             provider.URL,
-		"BREAKER_MIN_REQUESTS":     "4",
-		"BREAKER_OPEN_TIMEOUT":     "1s",
-		"BREAKER_HALF_OPEN_PROBES": "1",
-		"RETRY_MAX_RETRY_AFTER":    "0s", // the fake's Retry-After: 1 ends each call at once
+		"PROVIDER_URL":                      provider.URL,
+		"PROVIDER_BREAKER_MIN_REQUESTS":     "4",
+		"PROVIDER_BREAKER_OPEN_TIMEOUT":     "1s",
+		"PROVIDER_BREAKER_HALF_OPEN_PROBES": "1",
+		"PROVIDER_RETRY_MAX_RETRY_AFTER":    "0s", // the fake's Retry-After: 1 ends each call at once
 	})
 	st.fake = fake // faults go to the fake behind the counter
 	s := st.start(t)
@@ -345,7 +342,7 @@ func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
 	// The counter sees the outage's calls, so its silence below means
 	// something.
 	if n := requests.Load() - before; n < 4 {
-		t.Fatalf("%d requests reached the provider before the breaker opened, want at least BREAKER_MIN_REQUESTS (4)", n)
+		t.Fatalf("%d requests reached the provider before the breaker opened, want at least PROVIDER_BREAKER_MIN_REQUESTS (4)", n)
 	}
 	if got := metricLine(t, s.admin, state); got != state+"2" {
 		t.Errorf("metric %q, want %q", got, state+"2")
@@ -368,7 +365,7 @@ func TestRun_BreakerOpensOnProviderFaultsAndClosesAfter(t *testing.T) {
 
 	// Faults cleared: after the open timeout a probe succeeds and closes it.
 	fake.ResetFaults()
-	time.Sleep(1100 * time.Millisecond) // BREAKER_OPEN_TIMEOUT, and a margin
+	time.Sleep(1100 * time.Millisecond) // PROVIDER_BREAKER_OPEN_TIMEOUT, and a margin
 	if r := payKey("after"); r.status != 201 {
 		t.Fatalf("after recovery: %d %s, want 201", r.status, r.body)
 	}
@@ -457,76 +454,5 @@ func TestRun_HelpListsEveryVariable(t *testing.T) {
 	}
 	if vars < 10 {
 		t.Errorf("-h lists %d variables:\n%s", vars, help)
-	}
-}
-
-// dialCounter is a go-redis hook that counts a client's dials, each
-// attempt of its dial retry loop included.
-type dialCounter struct{ n atomic.Int64 }
-
-func (d *dialCounter) DialHook(next redis.DialHook) redis.DialHook {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		d.n.Add(1)
-		return next(ctx, network, addr)
-	}
-}
-
-func (d *dialCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
-
-func (d *dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-
-func TestNewRedis_DialsOnceWhenRedisIsDown(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "redis://" + ln.Addr().String() + "/0"
-	ln.Close() // nothing listens: every dial is refused at once
-
-	ours, err := newRedis(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.MaxRetries = -1 // as ours: only the dial retries differ
-	tests := []struct {
-		name      string
-		client    *redis.Client
-		wantDials int64 // per failed operation
-	}{
-		{"newRedis", ours, 1},
-		// The baseline shows that the hook sees every dial of a retry loop.
-		{"go-redis's default dial retries", redis.NewClient(opts), 5},
-	}
-	took := make([]time.Duration, len(tests))
-	for i, tt := range tests {
-		t.Cleanup(func() { tt.client.Close() })
-		dials := &dialCounter{}
-		tt.client.AddHook(dials)
-		// Several operations: each dials anew, none reuses a failure.
-		const ops = 3
-		start := time.Now()
-		for op := range ops {
-			before := dials.n.Load()
-			if err := tt.client.Ping(context.Background()).Err(); err == nil {
-				t.Fatalf("%s: ping to a closed port succeeded", tt.name)
-			}
-			if n := dials.n.Load() - before; n != tt.wantDials {
-				t.Errorf("%s: ping %d with Redis down dialed %d times, want %d", tt.name, op+1, n, tt.wantDials)
-			}
-		}
-		took[i] = time.Since(start) / ops
-	}
-	// One dial also means none of the 100ms pauses go-redis's default
-	// takes between dials. Compared in one run, so a slow machine slows
-	// both.
-	t.Logf("ping with Redis down: %s, %s with go-redis's default dial retries", took[0], took[1])
-	if took[0] > took[1]/4 {
-		t.Errorf("ping with Redis down took %s, against %s with 5 dials: it should fail on the first", took[0], took[1])
 	}
 }

@@ -58,9 +58,9 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	}))
 	t.Cleanup(providerSrv.Close)
 	st := newStack(t, map[string]string{
-		"PROVIDER_URL":          providerSrv.URL,
-		"REDIS_URL":             redisC.URL(),
-		"RETRY_MAX_RETRY_AFTER": "0s", // the fake's Retry-After: 1 ends server-side retries; clients retry
+		"PROVIDER_URL":                   providerSrv.URL,
+		"REDIS_URL":                      redisC.URL(),
+		"PROVIDER_RETRY_MAX_RETRY_AFTER": "0s", // the fake's Retry-After: 1 ends server-side retries; clients retry
 		// Short leases and a quick reconciler, with the request timeout
 		// they must outlast.
 		"REQUEST_TIMEOUT":    "1s",
@@ -74,7 +74,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		// clients stop at the end, and with the default 30s open period a
 		// breaker tripped in the last seconds would hold the reconciler
 		// back longer than the wait below: shorten it.
-		"BREAKER_OPEN_TIMEOUT": "1s",
+		"PROVIDER_BREAKER_OPEN_TIMEOUT": "1s",
 	})
 	st.fake = fake
 	servers := []*instance{st.start(t), st.start(t)}

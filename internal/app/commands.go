@@ -1,54 +1,41 @@
-package main
+package app
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
-	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
-// migrate applies pending migrations and exits: for a Kubernetes Job or a
+// Migrate applies pending migrations and exits: for a Kubernetes Job or a
 // deploy step, with replicas started with MIGRATE_ON_START=false. Several
 // may run at once; the advisory lock serialises them.
-func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	cfg, err := config.Load(getenv, "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT")
+func Migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	cfg, _, err := Load(getenv, "DATABASE_URL", "LOG_LEVEL", "LOG_FORMAT")
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stdout)
-	pool, err := postgres.Open(cfg.DatabaseURL, postgres.PoolConfig{MaxOpenConns: 2, MaxIdleConns: 1, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
+	log := NewLogger(cfg, stdout)
+	pool, err := postgres.Open(cfg.Postgres.URL, postgres.PoolConfig{MaxOpenConns: 2, MaxIdleConns: 1, ConnMaxLifetime: time.Minute, ConnMaxIdleTime: time.Minute})
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	migrator, err := postgres.NewMigrator(pool, log, paymentsdb.Migrations)
+	migrator, err := postgres.NewMigrator(pool, log, migrations...)
 	if err != nil {
 		return err
 	}
-	return migrateUp(ctx, migrator, log)
+	return migrator.UpAndLog(ctx, log)
 }
 
-// migrateUp applies pending migrations and says what it did.
-func migrateUp(ctx context.Context, migrator *postgres.Migrator, log *slog.Logger) error {
-	applied, err := migrator.Up(ctx)
-	if err != nil {
-		return err
-	}
-	log.Info("migrations applied", "applied", applied, "versions", migrator.Versions())
-	return nil
-}
-
-// healthcheck asks the local server whether it is ready. It exists because
+// Healthcheck asks the local server whether it is ready. It exists because
 // distroless images have no shell or curl for a container HEALTHCHECK.
-func healthcheck(ctx context.Context, getenv func(string) string) error {
-	cfg, err := config.Load(getenv, "HTTP_ADDR")
+func Healthcheck(ctx context.Context, getenv func(string) string) error {
+	cfg, _, err := Load(getenv, "HTTP_ADDR")
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
@@ -39,6 +40,22 @@ type ReconcilerConfig struct {
 	// than the lease, so that the reconciler never acts on a payment it
 	// no longer holds (its writes are fenced besides).
 	Timeout time.Duration
+}
+
+// DefaultReconcilerConfig scans every 30 seconds for payments whose last
+// charge attempt is a minute old, and fails one the provider has no charge
+// for only after five minutes.
+func DefaultReconcilerConfig() ReconcilerConfig {
+	return ReconcilerConfig{Every: 30 * time.Second, After: time.Minute, Grace: 5 * time.Minute, Batch: 100}
+}
+
+// Bind declares INTERVAL, AFTER, GRACE and BATCH after b's prefix
+// (RECONCILE_). The timeout is the wiring's: a request's.
+func (c *ReconcilerConfig) Bind(b *config.Binder) {
+	b.Duration("INTERVAL", &c.Every, "how often the active reconciler scans for payments left processing")
+	b.Duration("AFTER", &c.After, "age of a processing payment's last charge attempt before the reconciler looks it up; longer than REQUEST_TIMEOUT + SETTLE_TIMEOUT")
+	b.Duration("GRACE", &c.Grace, "age after which a payment the provider has no charge for is failed; at least RECONCILE_AFTER")
+	b.Int("BATCH", &c.Batch, 1, 10000, "payments reconciled per scan")
 }
 
 // Reconciler settles payments left processing: the provider's answer was

@@ -13,11 +13,11 @@
 // The two modes are the same binary with different configuration, not a
 // special build:
 //
-//	protected    the defaults, with BULKHEAD_WORKERS=-capacity and
-//	             BULKHEAD_QUEUE=-capacity: the bulkhead sized to the provider
-//	unprotected  every provider protection set out of reach: BULKHEAD_WORKERS
-//	             10000, BULKHEAD_QUEUE 100000, BREAKER_MIN_REQUESTS 100000,
-//	             RETRY_BUDGET_RATIO 10, RETRY_BUDGET_CAPACITY 100000,
+//	protected    the defaults, with PROVIDER_BULKHEAD_CONCURRENCY=-capacity and
+//	             PROVIDER_BULKHEAD_QUEUE=-capacity: the bulkhead sized to the provider
+//	unprotected  every provider protection set out of reach: PROVIDER_BULKHEAD_CONCURRENCY
+//	             10000, PROVIDER_BULKHEAD_QUEUE 100000, PROVIDER_BREAKER_MIN_REQUESTS 100000,
+//	             PROVIDER_RETRY_BUDGET_RATIO 10, PROVIDER_RETRY_BUDGET_CAPACITY 100000,
 //	             PROVIDER_RATE_LIMIT and _BURST 100000
 //
 // Both raise the inbound rate limit out of the way (it is not what is
@@ -184,10 +184,10 @@ func run(ctx context.Context, o options, adminURL, redisURL string) error {
 func serverEnv(mode string, capacity int) []string {
 	switch mode {
 	case "protected":
-		return []string{fmt.Sprintf("BULKHEAD_WORKERS=%d", capacity), fmt.Sprintf("BULKHEAD_QUEUE=%d", capacity)}
+		return []string{fmt.Sprintf("PROVIDER_BULKHEAD_CONCURRENCY=%d", capacity), fmt.Sprintf("PROVIDER_BULKHEAD_QUEUE=%d", capacity)}
 	case "unprotected":
-		return []string{"BULKHEAD_WORKERS=10000", "BULKHEAD_QUEUE=100000", "BREAKER_MIN_REQUESTS=100000",
-			"RETRY_BUDGET_RATIO=10", "RETRY_BUDGET_CAPACITY=100000",
+		return []string{"PROVIDER_BULKHEAD_CONCURRENCY=10000", "PROVIDER_BULKHEAD_QUEUE=100000", "PROVIDER_BREAKER_MIN_REQUESTS=100000",
+			"PROVIDER_RETRY_BUDGET_RATIO=10", "PROVIDER_RETRY_BUDGET_CAPACITY=100000",
 			"PROVIDER_RATE_LIMIT=100000", "PROVIDER_RATE_BURST=100000"}
 	}
 	return nil

@@ -477,7 +477,7 @@ func TestRequireReady_Answers503UntilMigrated(t *testing.T) {
 
 func newKeyedLimiter(t *testing.T, perSecond float64, burst int) *resilience.KeyedLimiter {
 	t.Helper()
-	l, err := resilience.NewKeyedLimiter("test", perSecond, burst, 1000, prometheus.NewRegistry())
+	l, err := resilience.NewKeyedLimiter(resilience.LimiterSettings{Name: "test", PerSecond: perSecond, Burst: burst, MaxKeys: 1000}, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

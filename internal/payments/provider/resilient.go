@@ -4,18 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 )
-
-// Protections are the resilience patterns put around the provider, one
-// instance each, shared by every call.
-type Protections struct {
-	Bulkhead *resilience.Bulkhead
-	Egress   *resilience.EgressLimiter
-	Retrier  *resilience.Retrier
-	Breaker  *resilience.Breaker
-}
 
 // Resilient is the provider client behind its protections, outermost first:
 //
@@ -35,12 +30,48 @@ type Protections struct {
 // either and cannot tell.
 type Resilient struct {
 	client *Client
-	p      Protections
+	p      resilience.Protections
 }
 
 // NewResilient wraps c in p.
-func NewResilient(c *Client, p Protections) *Resilient {
+func NewResilient(c *Client, p resilience.Protections) *Resilient {
 	return &Resilient{client: c, p: p}
+}
+
+// Settings configure the provider: where it is, one attempt's timeout, and
+// the protections around it.
+type Settings struct {
+	URL         string
+	Timeout     time.Duration
+	Protections resilience.ProtectionSettings
+}
+
+// DefaultSettings are the protections' defaults, with an attempt timeout
+// of 3s.
+func DefaultSettings() Settings {
+	return Settings{URL: "http://localhost:8081", Timeout: 3 * time.Second, Protections: resilience.DefaultProtections()}
+}
+
+// Bind declares URL, TIMEOUT and the protections' variables after b's
+// prefix (PROVIDER_).
+func (s *Settings) Bind(b *config.Binder) {
+	b.URL("URL", &s.URL, []string{"http", "https"}, "base URL of the payment provider")
+	b.Duration("TIMEOUT", &s.Timeout, "timeout of one provider attempt; no attempt starts with less time left before REQUEST_TIMEOUT - SETTLE_TIMEOUT")
+	s.Protections.Bind(b)
+}
+
+// New returns the provider's client behind its protections, and the
+// protections (a shutdown drains their bulkhead).
+func New(s Settings, reg prometheus.Registerer, log *slog.Logger) (*Resilient, resilience.Protections, error) {
+	client, err := NewClient(Config{BaseURL: s.URL, AttemptTimeout: s.Timeout})
+	if err != nil {
+		return nil, resilience.Protections{}, err
+	}
+	p, err := resilience.NewProtections("provider", s.Protections, s.Timeout, BreakerOutcome, RetryVerdict, reg, log)
+	if err != nil {
+		return nil, resilience.Protections{}, err
+	}
+	return NewResilient(client, p), p, nil
 }
 
 // Charge is Client.Charge behind the protections. Its errors keep the
@@ -89,8 +120,8 @@ func (r *Resilient) Admit() error {
 }
 
 func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Context) error) error {
-	// Set by the bulkhead's worker, read after Submit returns: Submit
-	// waits for the work it started, so the write happens before the read.
+	// Set by the attempt, read after Submit returns: the work runs on this
+	// goroutine, within Submit.
 	mayHaveSent := false
 	err := r.p.Bulkhead.Submit(ctx, func(ctx context.Context) error {
 		if err := r.waitForQuota(ctx); err != nil {

@@ -24,7 +24,7 @@ type resilientSettings struct {
 	egressRate     float64 // provider calls a second
 	egressBurst    int
 	breaker        resilience.BreakerSettings
-	policy         resilience.RetryPolicy
+	policy         resilience.RetrySettings
 }
 
 func defaults() resilientSettings {
@@ -35,7 +35,7 @@ func defaults() resilientSettings {
 			Name: "provider", Window: 10 * time.Second, MinRequests: 4, FailureRatio: 0.5,
 			OpenTimeout: time.Minute, HalfOpenProbes: 1,
 		},
-		policy: resilience.RetryPolicy{
+		policy: resilience.RetrySettings{
 			MaxAttempts: 3, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond,
 			MaxRetryAfter: 2 * time.Second, AttemptTimeout: time.Second,
 		},
@@ -56,16 +56,16 @@ func newResilient(t *testing.T, url string, s resilientSettings) (*provider.Resi
 	must(err)
 	breaker, err := resilience.NewBreaker(s.breaker, provider.BreakerOutcome, reg, log)
 	must(err)
-	budget, err := resilience.NewRetryBudget("provider", 1, 0, 1000, reg)
+	budget, err := resilience.NewRetryBudget(resilience.BudgetSettings{Name: "provider", Ratio: 1, Capacity: 1000}, reg)
 	must(err)
-	retrier, err := resilience.NewRetrier("provider", s.policy, budget, provider.RetryVerdict, reg)
+	retrier, err := resilience.NewRetrier(s.policy, budget, provider.RetryVerdict, reg)
 	must(err)
-	egress, err := resilience.NewEgressLimiter("provider", s.egressRate, s.egressBurst, reg)
+	egress, err := resilience.NewEgressLimiter(resilience.EgressSettings{Name: "provider", PerSecond: s.egressRate, Burst: s.egressBurst}, reg)
 	must(err)
-	bulkhead, err := resilience.NewBulkhead("provider", s.workers, s.queue, reg)
+	bulkhead, err := resilience.NewBulkhead(resilience.BulkheadSettings{Name: "provider", Concurrency: s.workers, Queue: s.queue}, reg)
 	must(err)
 	t.Cleanup(func() { bulkhead.Close(context.Background()) })
-	return provider.NewResilient(client, provider.Protections{
+	return provider.NewResilient(client, resilience.Protections{
 		Bulkhead: bulkhead, Egress: egress, Retrier: retrier, Breaker: breaker,
 	}), bulkhead
 }

@@ -10,48 +10,82 @@ import (
 	"time"
 )
 
-// env builds a getenv from the minimal valid environment plus overrides.
-func env(overrides map[string]string) func(string) string {
-	base := map[string]string{
-		"DATABASE_URL": "postgres://app:s3cret@db:5432/payservice?sslmode=disable",
-		"API_KEYS":     "client_a:key_a,client_b:key_b",
-	}
-	for k, v := range overrides {
-		base[k] = v
-	}
-	return func(k string) string { return base[k] }
+// settings is a component's settings, as the tests bind them.
+type settings struct {
+	Addr     string
+	URL      string
+	Timeout  time.Duration
+	Drain    time.Duration
+	Workers  int
+	Ratio    float64
+	Enabled  bool
+	Format   string
+	Level    slog.Level
+	Optional string
 }
 
-func TestLoad_Defaults(t *testing.T) {
-	c, err := Load(env(nil))
+func defaults() settings {
+	return settings{Addr: ":8080", Timeout: 90 * time.Second, Workers: 32, Ratio: 0.5, Enabled: true, Format: "json", Level: slog.LevelInfo}
+}
+
+func (s *settings) bind(b *Binder) {
+	b.String("ADDR", &s.Addr, "listen address")
+	b.URL("DATABASE_URL", &s.URL, []string{"postgres"}, "database URL").Required()
+	dep := b.Prefix("DEP_")
+	dep.Duration("TIMEOUT", &s.Timeout, "one call's timeout").Replaces("OLD_TIMEOUT")
+	dep.Int("WORKERS", &s.Workers, 1, 100, "calls at once")
+	dep.Float("RATIO", &s.Ratio, 0.01, 1, "failure ratio")
+	b.DurationOrZero("DRAIN", &s.Drain, "drain delay")
+	b.Bool("ENABLED", &s.Enabled, "on or off")
+	b.OneOf("FORMAT", &s.Format, []string{"json", "text"}, "json or text")
+	b.LogLevel("LEVEL", &s.Level, "log level")
+	b.String("OPTIONAL", &s.Optional, "may stay unset")
+	b.Renamed("OLDER_WORKERS", "DEP_WORKERS")
+}
+
+func load(env map[string]string, names ...string) (settings, []string, error) {
+	s := defaults()
+	warnings, err := Load(func(k string) string { return env[k] }, s.bind, names...)
+	return s, warnings, err
+}
+
+var minimal = map[string]string{"DATABASE_URL": "postgres://app:s3cret@db:5432/app"}
+
+func with(overrides map[string]string) map[string]string {
+	env := map[string]string{}
+	for k, v := range minimal {
+		env[k] = v
+	}
+	for k, v := range overrides {
+		env[k] = v
+	}
+	return env
+}
+
+func TestLoad_UnsetVariablesKeepTheBoundDefaults(t *testing.T) {
+	got, warnings, err := load(minimal)
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("Load: %v, warnings %v", err, warnings)
+	}
+	want := defaults()
+	want.URL = minimal["DATABASE_URL"]
+	if got != want {
+		t.Errorf("got %+v\nwant %+v", got, want)
+	}
+}
+
+func TestLoad_ParsesEachType(t *testing.T) {
+	got, _, err := load(with(map[string]string{
+		"ADDR": " :9000 ", "DEP_TIMEOUT": "250ms", "DEP_WORKERS": "7", "DEP_RATIO": "0.25",
+		"DRAIN": "0s", "ENABLED": "false", "FORMAT": "TEXT", "LEVEL": "debug", "OPTIONAL": "x",
+	}))
 	if err != nil {
-		t.Fatalf("Load: %v", err)
+		t.Fatal(err)
 	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
-		{"HTTPAddr", c.HTTPAddr, ":8080"},
-		{"AdminAddr", c.AdminAddr, ":9090"},
-		{"ShutdownDrainDelay", c.ShutdownDrainDelay, 5 * time.Second},
-		{"ShutdownTimeout", c.ShutdownTimeout, 15 * time.Second},
-		{"LogLevel", c.LogLevel, slog.LevelInfo},
-		{"LogFormat", c.LogFormat, "json"},
-		{"MigrateOnStart", c.MigrateOnStart, true},
-		{"DBMaxOpenConns", c.DBMaxOpenConns, 20},
-		{"BreakerFailureRatio", c.BreakerFailureRatio, 0.5},
-		{"BreakerMinRequests", c.BreakerMinRequests, 10},
-		{"BreakerOpenTimeout", c.BreakerOpenTimeout, 30 * time.Second},
-		{"BreakerHalfOpenProbes", c.BreakerHalfOpenProbes, 3},
-		{"RetryMaxAttempts", c.RetryMaxAttempts, 3},
-		{"RateLimitPerSecond", c.RateLimitPerSecond, 100.0},
-		{"RateLimitBurst", c.RateLimitBurst, 200},
-		{"APIKeys", len(c.APIKeys), 2},
-	}
-	for _, ch := range checks {
-		if ch.got != ch.want {
-			t.Errorf("%s = %v, want %v", ch.name, ch.got, ch.want)
-		}
+	want := settings{Addr: ":9000", URL: minimal["DATABASE_URL"], Timeout: 250 * time.Millisecond, Workers: 7, Ratio: 0.25,
+		Format: "text", Level: slog.LevelDebug, Optional: "x"}
+	if got != want {
+		t.Errorf("got %+v\nwant %+v", got, want)
 	}
 }
 
@@ -61,174 +95,135 @@ func TestLoad_RejectsBadValuesNamingTheVariable(t *testing.T) {
 		env     map[string]string
 		wantErr string
 	}{
-		{"missing database url", map[string]string{"DATABASE_URL": ""}, "DATABASE_URL is required"},
-		{"database url wrong scheme", map[string]string{"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL=(hidden): scheme must be postgres or postgresql"},
-		{"missing api keys", map[string]string{"API_KEYS": ""}, "API_KEYS is required"},
-		{"api key without secret", map[string]string{"API_KEYS": "client_a:"}, "API_KEYS=(hidden): entry 1 is not client_id:secret"},
-		{"duplicate client", map[string]string{"API_KEYS": "a:k1,a:k2"}, `client id "a" appears twice`},
-		{"shared secret", map[string]string{"API_KEYS": "a:k1,b:k1"}, "entry 2 reuses another client's secret"},
-		{"bad duration", map[string]string{"SHUTDOWN_TIMEOUT": "soon"}, "SHUTDOWN_TIMEOUT=soon: not a duration"},
-		{"zero duration", map[string]string{"SHUTDOWN_TIMEOUT": "0s"}, "SHUTDOWN_TIMEOUT=0s: must be greater than zero"},
-		{"negative drain", map[string]string{"SHUTDOWN_DRAIN_DELAY": "-1s"}, "SHUTDOWN_DRAIN_DELAY=-1s: negative"},
-		{"bad int", map[string]string{"DB_MAX_OPEN_CONNS": "many"}, "DB_MAX_OPEN_CONNS=many: not an integer"},
-		{"int out of range", map[string]string{"DB_MAX_OPEN_CONNS": "0"}, "DB_MAX_OPEN_CONNS=0: out of range [2, 1000]"},
-		{"pool the reconciler would starve", map[string]string{"DB_MAX_OPEN_CONNS": "1", "DB_MAX_IDLE_CONNS": "1"}, "DB_MAX_OPEN_CONNS=1: out of range [2, 1000]; expected maximum open connections per pool, at least 2 (the active reconciler holds one)"},
-		{"idle above open", map[string]string{"DB_MAX_OPEN_CONNS": "2", "DB_MAX_IDLE_CONNS": "3"}, "DB_MAX_IDLE_CONNS=3 must not exceed DB_MAX_OPEN_CONNS=2"},
-		{"bad bool", map[string]string{"MIGRATE_ON_START": "maybe"}, "MIGRATE_ON_START=maybe: not a boolean"},
-		{"bad level", map[string]string{"LOG_LEVEL": "loud"}, "LOG_LEVEL=loud: not one of debug, info, warn, error"},
-		{"bad format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT=xml: not one of json, text"},
-		{"ratio above one", map[string]string{"BREAKER_FAILURE_RATIO": "1.5"}, "BREAKER_FAILURE_RATIO=1.5: out of range [0.01, 1]"},
-		{"ratio not a number", map[string]string{"BREAKER_FAILURE_RATIO": "NaN"}, "BREAKER_FAILURE_RATIO=NaN: not a number"},
-		{"rate not a number", map[string]string{"RATE_LIMIT_PER_SECOND": "fast"}, "RATE_LIMIT_PER_SECOND=fast: not a number"},
-		{"max delay below base delay", map[string]string{"RETRY_BASE_DELAY": "2s", "RETRY_MAX_DELAY": "1s"}, "RETRY_MAX_DELAY=1s must not be shorter than RETRY_BASE_DELAY=2s"},
-		{"too many attempts", map[string]string{"RETRY_MAX_ATTEMPTS": "50"}, "RETRY_MAX_ATTEMPTS=50: out of range [1, 10]"},
-		{"provider url no host", map[string]string{"PROVIDER_URL": "http://"}, "PROVIDER_URL=(hidden): no host"},
-		{"request timeout above write timeout", map[string]string{"REQUEST_TIMEOUT": "20s"}, "REQUEST_TIMEOUT=20s + SETTLE_TIMEOUT=2s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
-		{"no time to write the last answer", map[string]string{"REQUEST_TIMEOUT": "13s", "IDEMPOTENCY_LEASE": "1m"}, "REQUEST_TIMEOUT=13s + SETTLE_TIMEOUT=2s must be shorter than HTTP_WRITE_TIMEOUT=15s"},
-		{"provider timeout above request timeout", map[string]string{"PROVIDER_TIMEOUT": "11s"}, "PROVIDER_TIMEOUT=11s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
-		{"no room to record the provider's answer", map[string]string{"PROVIDER_TIMEOUT": "8s"}, "PROVIDER_TIMEOUT=8s + SETTLE_TIMEOUT=2s must be shorter than REQUEST_TIMEOUT=10s"},
-		// The timing rules of at-most-once: nothing may decide a request
-		// stopped acting while it still can.
-		{"lease a request can outlive", map[string]string{"IDEMPOTENCY_LEASE": "12s"}, "IDEMPOTENCY_LEASE=12s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
-		{"reconciler racing requests", map[string]string{"RECONCILE_AFTER": "5s"}, "RECONCILE_AFTER=5s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
-		{"grace shorter than a request", map[string]string{"RECONCILE_AFTER": "1s", "RECONCILE_GRACE": "1s"}, "RECONCILE_GRACE=1s must be longer than REQUEST_TIMEOUT=10s + SETTLE_TIMEOUT=2s"},
-		{"settle budget counts", map[string]string{"REQUEST_TIMEOUT": "5s", "SETTLE_TIMEOUT": "25s", "HTTP_WRITE_TIMEOUT": "1m"}, "IDEMPOTENCY_LEASE=30s must be longer than REQUEST_TIMEOUT=5s + SETTLE_TIMEOUT=25s"},
+		{"missing required", map[string]string{"DATABASE_URL": ""}, "DATABASE_URL is required: database URL"},
+		{"wrong scheme, hidden", map[string]string{"DATABASE_URL": "mysql://u:pw@h/d"}, "DATABASE_URL=(hidden): scheme must be postgres; expected database URL"},
+		{"no host", map[string]string{"DATABASE_URL": "postgres://"}, "DATABASE_URL=(hidden): no host"},
+		{"bad duration", map[string]string{"DEP_TIMEOUT": "soon"}, "DEP_TIMEOUT=soon: not a duration"},
+		{"zero duration", map[string]string{"DEP_TIMEOUT": "0s"}, "DEP_TIMEOUT=0s: must be greater than zero"},
+		{"negative duration", map[string]string{"DRAIN": "-1s"}, "DRAIN=-1s: negative"},
+		{"bad int", map[string]string{"DEP_WORKERS": "many"}, "DEP_WORKERS=many: not an integer"},
+		{"int out of range", map[string]string{"DEP_WORKERS": "0"}, "DEP_WORKERS=0: out of range [1, 100]"},
+		{"float out of range", map[string]string{"DEP_RATIO": "1.5"}, "DEP_RATIO=1.5: out of range [0.01, 1]"},
+		{"NaN", map[string]string{"DEP_RATIO": "NaN"}, "DEP_RATIO=NaN: not a number"},
+		{"bad bool", map[string]string{"ENABLED": "maybe"}, "ENABLED=maybe: not a boolean"},
+		{"bad enum", map[string]string{"FORMAT": "xml"}, "FORMAT=xml: not one of json, text"},
+		{"bad level", map[string]string{"LEVEL": "loud"}, "LEVEL=loud: not one of debug, info, warn, error"},
+		{"bad value under its old name", map[string]string{"OLD_TIMEOUT": "soon"}, "OLD_TIMEOUT=soon: not a duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load(env(tt.env))
-			if err == nil {
-				t.Fatalf("Load succeeded, want error containing %q", tt.wantErr)
-			}
-			if !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("error = %q\nwant it to contain %q", err, tt.wantErr)
+			_, _, err := load(with(tt.env))
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error = %v\nwant it to contain %q", err, tt.wantErr)
 			}
 		})
 	}
 }
 
-func TestLoad_AcceptsShortLeasesWithShortRequests(t *testing.T) {
-	// Tests and game days shorten leases: the request timeout comes down
-	// with them.
-	_, err := Load(env(map[string]string{
-		"REQUEST_TIMEOUT": "1s", "PROVIDER_TIMEOUT": "500ms", "SETTLE_TIMEOUT": "250ms",
-		"IDEMPOTENCY_LEASE": "2s", "RECONCILE_AFTER": "1500ms", "RECONCILE_GRACE": "2s",
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestLoad_ReportsEveryProblemOnItsOwnLine(t *testing.T) {
-	_, err := Load(func(string) string { return "" })
+	_, _, err := load(map[string]string{"DEP_WORKERS": "0"})
 	if err == nil {
-		t.Fatal("Load of an empty environment succeeded")
+		t.Fatal("Load succeeded")
 	}
 	lines := strings.Split(err.Error(), "\n")
-	if len(lines) != 2 || !strings.HasPrefix(lines[0], "DATABASE_URL is required") || !strings.HasPrefix(lines[1], "API_KEYS is required") {
-		t.Fatalf("want one line for DATABASE_URL and one for API_KEYS, got:\n%s", err)
+	if len(lines) != 2 || !strings.HasPrefix(lines[0], "DATABASE_URL is required") || !strings.HasPrefix(lines[1], "DEP_WORKERS=0") {
+		t.Fatalf("want one line for DATABASE_URL and one for DEP_WORKERS, got:\n%s", err)
 	}
 }
 
-func TestLoad_NeverEchoesSecrets(t *testing.T) {
-	_, err := Load(env(map[string]string{"API_KEYS": "client_a:topsecret,broken"}))
-	if err == nil || strings.Contains(err.Error(), "topsecret") {
-		t.Fatalf("error must exist and must not contain the secret: %v", err)
+func TestLoad_AReplacedNameStillWorksAndIsReportedAsDeprecated(t *testing.T) {
+	got, warnings, err := load(with(map[string]string{"OLD_TIMEOUT": "3s"}))
+	if err != nil || got.Timeout != 3*time.Second {
+		t.Fatalf("old name: timeout %s, %v; want 3s", got.Timeout, err)
 	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0], "OLD_TIMEOUT is deprecated") || !strings.Contains(warnings[0], "DEP_TIMEOUT") {
+		t.Errorf("warnings %q, want one naming OLD_TIMEOUT and its new name", warnings)
+	}
+	if got, warnings, _ := load(with(map[string]string{"OLDER_WORKERS": "9"})); got.Workers != 9 || len(warnings) != 1 {
+		t.Errorf("a name declared Renamed by the service: workers %d, warnings %q; want 9 and a warning", got.Workers, warnings)
+	}
+	// The new name wins, silently.
+	got, warnings, err = load(with(map[string]string{"OLD_TIMEOUT": "3s", "DEP_TIMEOUT": "4s"}))
+	if err != nil || got.Timeout != 4*time.Second || len(warnings) != 0 {
+		t.Errorf("both names: timeout %s, warnings %q, %v; want 4s, none", got.Timeout, warnings, err)
+	}
+}
 
-	c, err := Load(env(map[string]string{
-		// A password may also come in the query: lib/pq and go-redis read it there.
-		"DATABASE_REPLICA_URL": "postgres://reader@replica:5432/payservice?sslmode=disable&password=r3plica",
-		"REDIS_URL":            "redis://cache:6379/0?password=r3dis",
-	}))
-	if err != nil {
-		t.Fatal(err)
+func TestLoad_WithNamesReadsOnlyThose(t *testing.T) {
+	got, _, err := load(map[string]string{"ADDR": ":1", "DEP_WORKERS": "0"}, "ADDR")
+	if err != nil || got.Addr != ":1" {
+		t.Fatalf("Load(ADDR) = %+v, %v; want only ADDR read (the missing DATABASE_URL and bad DEP_WORKERS ignored)", got, err)
 	}
+}
+
+func TestValues_MaskSecrets(t *testing.T) {
+	s := defaults()
+	s.URL = "postgres://app:s3cret@db:5432/app?sslmode=disable&password=again"
 	var buf bytes.Buffer
-	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", c)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", Values(s.bind))
 	logged := buf.String()
-	for _, secret := range []string{"s3cret", "key_a", "key_b", "r3plica", "r3dis"} {
-		if strings.Contains(logged, secret) {
-			t.Errorf("logged configuration contains %q:\n%s", secret, logged)
-		}
+	if strings.Contains(logged, "s3cret") || strings.Contains(logged, "again") {
+		t.Errorf("a secret was logged: %s", logged)
 	}
-	for _, want := range []string{"client_a:***", "HTTP_ADDR=:8080", "app:xxxxx@db"} {
-		if !strings.Contains(logged, want) {
-			t.Errorf("logged configuration lacks %q:\n%s", want, logged)
-		}
+	if !strings.Contains(logged, "DEP_TIMEOUT=1m30s") || !strings.Contains(logged, "db:5432") {
+		t.Errorf("the log lacks the values: %s", logged)
 	}
 }
 
-func TestUsage_ListsEveryVariableWithDefault(t *testing.T) {
+func TestUsage_ListsEachVariableOnItsOwnRow(t *testing.T) {
+	s := defaults()
 	var buf bytes.Buffer
-	Usage(&buf)
+	Usage(&buf, s.bind)
 	// Each variable's own row, split into its columns: tabwriter pads them
 	// with at least two spaces, and no name or default has two in a row.
-	// A default found anywhere else in the text proves nothing: "20" and
-	// "10s" belong to several variables.
-	type row struct{ def, usage string }
-	rows := map[string]row{}
 	columns := regexp.MustCompile(` {2,}`)
 	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 	if got := columns.Split(lines[0], -1); !slices.Equal(got, []string{"VARIABLE", "DEFAULT", "MEANING"}) {
-		t.Errorf("header %q, want VARIABLE, DEFAULT, MEANING", lines[0])
+		t.Errorf("header %q", lines[0])
 	}
+	rows := map[string][]string{}
 	for _, line := range lines[1:] {
 		f := columns.Split(line, 3)
-		if len(f) != 3 {
-			t.Errorf("row %q: want three columns", line)
-			continue
-		}
-		if _, dup := rows[f[0]]; dup {
-			t.Errorf("%s has more than one row", f[0])
-		}
-		rows[f[0]] = row{f[1], f[2]}
+		rows[f[0]] = f[1:]
 	}
-
-	vars := bind(&Config{})
-	for _, v := range vars {
-		def := v.def
-		switch {
-		case v.required:
-			def = "(required)"
-		case def == "":
-			def = "(unset)"
-		}
-		got, ok := rows[v.name]
-		if !ok {
-			t.Errorf("usage lacks %s", v.name)
-			continue
-		}
-		if got.def != def {
-			t.Errorf("usage gives %s the default %q, want %q", v.name, got.def, def)
-		}
-		if got.usage != v.usage {
-			t.Errorf("usage gives %s the meaning %q, want %q", v.name, got.usage, v.usage)
-		}
+	want := map[string][]string{
+		"ADDR":         {":8080", "listen address"},
+		"DATABASE_URL": {"(required)", "database URL"},
+		"DEP_TIMEOUT":  {"1m30s", "one call's timeout (formerly OLD_TIMEOUT)"},
+		"DEP_WORKERS":  {"32", "calls at once (formerly OLDER_WORKERS)"},
+		"DEP_RATIO":    {"0.5", "failure ratio"},
+		"DRAIN":        {"0s", "drain delay"},
+		"ENABLED":      {"true", "on or off"},
+		"FORMAT":       {"json", "json or text"},
+		"LEVEL":        {"info", "log level"},
+		"OPTIONAL":     {"(unset)", "may stay unset"},
 	}
-	if len(rows) != len(vars) {
-		t.Errorf("usage has %d rows for %d variables", len(rows), len(vars))
+	if len(rows) != len(want) {
+		t.Errorf("%d rows, want %d:\n%s", len(rows), len(want), buf.String())
 	}
-	for _, name := range []string{"HTTP_ADDR", "ADMIN_ADDR", "DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL", "PROVIDER_URL", "API_KEYS", "SHUTDOWN_DRAIN_DELAY", "SHUTDOWN_TIMEOUT", "LOG_LEVEL"} {
-		if _, ok := rows[name]; !ok {
-			t.Errorf("usage lacks the contract variable %s", name)
+	for name, w := range want {
+		if !slices.Equal(rows[name], w) {
+			t.Errorf("%s: %q, want %q", name, rows[name], w)
 		}
 	}
 }
 
-func TestLoad_OnlyNamedVariables(t *testing.T) {
-	// A healthcheck runs with whatever environment the container has; it
-	// must not fail for want of variables it does not use.
-	c, err := Load(func(k string) string {
-		return map[string]string{"HTTP_ADDR": "127.0.0.1:8000", "LOG_LEVEL": "nonsense"}[k]
-	}, "HTTP_ADDR")
-	if err != nil {
-		t.Fatalf("Load(HTTP_ADDR only): %v", err)
-	}
-	if c.HTTPAddr != "127.0.0.1:8000" || c.DatabaseURL != "" {
-		t.Fatalf("got HTTPAddr=%q DatabaseURL=%q", c.HTTPAddr, c.DatabaseURL)
-	}
-	if _, err := Load(func(string) string { return "" }, "DATABASE_URL"); err == nil || !strings.Contains(err.Error(), "DATABASE_URL is required") {
-		t.Fatalf("a named required variable must still be required, got %v", err)
+func TestRenamed_PanicsOnAnUnknownName(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Error("Renamed of a name nothing bound did not panic")
+		}
+	}()
+	Usage(new(bytes.Buffer), func(b *Binder) { b.Renamed("OLD", "NOPE") })
+}
+
+func TestFormatDuration_DropsZeroUnits(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		time.Minute: "1m", 24 * time.Hour: "24h", 90 * time.Minute: "1h30m", 90 * time.Second: "1m30s",
+		250 * time.Millisecond: "250ms", 0: "0s", 2*time.Hour + 30*time.Second: "2h0m30s",
+	} {
+		if got := FormatDuration(d); got != want {
+			t.Errorf("FormatDuration(%s) = %q, want %q", d, got, want)
+		}
 	}
 }

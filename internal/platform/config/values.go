@@ -16,7 +16,6 @@ import (
 
 type stringValue struct{ p *string }
 
-func str(p *string) value                { return stringValue{p} }
 func (v stringValue) Set(s string) error { *v.p = s; return nil }
 func (v stringValue) String() string     { return *v.p }
 
@@ -24,8 +23,6 @@ type intValue struct {
 	p        *int
 	min, max int
 }
-
-func intRange(p *int, min, max int) value { return intValue{p, min, max} }
 
 func (v intValue) Set(s string) error {
 	n, err := strconv.Atoi(s)
@@ -44,8 +41,6 @@ type floatValue struct {
 	p        *float64
 	min, max float64
 }
-
-func floatRange(p *float64, min, max float64) value { return floatValue{p, min, max} }
 
 func (v floatValue) Set(s string) error {
 	f, err := strconv.ParseFloat(s, 64)
@@ -68,9 +63,6 @@ type durationValue struct {
 	allowZero bool
 }
 
-func positiveDuration(p *time.Duration) value    { return durationValue{p, false} }
-func nonNegativeDuration(p *time.Duration) value { return durationValue{p, true} }
-
 func (v durationValue) Set(s string) error {
 	d, err := time.ParseDuration(s)
 	if err != nil {
@@ -85,11 +77,22 @@ func (v durationValue) Set(s string) error {
 	*v.p = d
 	return nil
 }
-func (v durationValue) String() string { return v.p.String() }
+func (v durationValue) String() string { return FormatDuration(*v.p) }
+
+// FormatDuration writes d as time.Duration does, without the zero units
+// it pads with: 1m rather than 1m0s, 24h rather than 24h0m0s.
+func FormatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
 
 type boolValue struct{ p *bool }
-
-func boolean(p *bool) value { return boolValue{p} }
 
 func (v boolValue) Set(s string) error {
 	b, err := strconv.ParseBool(s)
@@ -106,8 +109,6 @@ type enumValue struct {
 	allowed []string
 }
 
-func oneOf(p *string, allowed ...string) value { return enumValue{p, allowed} }
-
 func (v enumValue) Set(s string) error {
 	s = strings.ToLower(s)
 	if !slices.Contains(v.allowed, s) {
@@ -119,8 +120,6 @@ func (v enumValue) Set(s string) error {
 func (v enumValue) String() string { return *v.p }
 
 type levelValue struct{ p *slog.Level }
-
-func logLevel(p *slog.Level) value { return levelValue{p} }
 
 func (v levelValue) Set(s string) error {
 	// slog.Level's own parser also accepts offsets such as "info+2";
@@ -141,10 +140,6 @@ type urlValue struct {
 	p       *string
 	schemes []string
 }
-
-func dsn(p *string) value      { return urlValue{p, []string{"postgres", "postgresql"}} }
-func redisURL(p *string) value { return urlValue{p, []string{"redis", "rediss"}} }
-func httpURL(p *string) value  { return urlValue{p, []string{"http", "https"}} }
 
 func (v urlValue) Set(s string) error {
 	u, err := url.Parse(s)
@@ -183,51 +178,3 @@ func (v urlValue) Masked() string {
 	u.RawQuery = q.Encode()
 	return u.Redacted()
 }
-
-// APIKey is one client's credential.
-type APIKey struct {
-	ClientID string
-	Secret   string
-}
-
-// APIKeys are the configured client credentials.
-type APIKeys []APIKey
-
-// String lists the client ids only: this value is logged.
-func (k APIKeys) String() string {
-	ids := make([]string, len(k))
-	for i, key := range k {
-		ids[i] = key.ClientID + ":***"
-	}
-	return strings.Join(ids, ",")
-}
-
-type apiKeysValue struct{ p *APIKeys }
-
-func apiKeys(p *APIKeys) value { return apiKeysValue{p} }
-
-func (v apiKeysValue) Set(s string) error {
-	var keys APIKeys
-	clients := map[string]bool{}
-	secrets := map[string]bool{}
-	for i, pair := range strings.Split(s, ",") {
-		id, secret, ok := strings.Cut(strings.TrimSpace(pair), ":")
-		switch {
-		case !ok || id == "" || secret == "":
-			return fmt.Errorf("entry %d is not client_id:secret", i+1)
-		case strings.ContainsFunc(id+secret, func(r rune) bool { return r <= ' ' || r > '~' }):
-			return fmt.Errorf("entry %d holds spaces or non-printable characters", i+1)
-		case clients[id]:
-			return fmt.Errorf("client id %q appears twice", id)
-		case secrets[secret]:
-			// Two clients sharing a secret could not be told apart.
-			return fmt.Errorf("entry %d reuses another client's secret", i+1)
-		}
-		clients[id], secrets[secret] = true, true
-		keys = append(keys, APIKey{ClientID: id, Secret: secret})
-	}
-	*v.p = keys
-	return nil
-}
-func (v apiKeysValue) String() string { return v.p.String() }
-func (v apiKeysValue) Masked() string { return v.p.String() }

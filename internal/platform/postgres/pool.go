@@ -17,6 +17,8 @@ import (
 	"time"
 
 	_ "github.com/lib/pq" // registers the "postgres" driver
+
+	"github.com/resiliencekit/payservice/internal/platform/config"
 )
 
 // PoolConfig bounds one connection pool. Unbounded pools are how a traffic
@@ -49,4 +51,46 @@ func Ping(ctx context.Context, pool *sql.DB, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	return pool.PingContext(ctx)
+}
+
+// Config says where a service's Postgres is and how its pools are bounded.
+type Config struct {
+	URL        string // the primary
+	ReplicaURL string // optional: a read replica for reads that may lag
+	Pool       PoolConfig
+	// MigrateOnStart applies migrations at start-up; false waits for a
+	// separate migration job to have applied them.
+	MigrateOnStart bool
+}
+
+// DefaultConfig returns pools of 20 connections, all kept when idle (below
+// that, every burst closes and reopens connections), recycled every 30
+// minutes so failovers and DNS changes are picked up.
+func DefaultConfig() Config {
+	return Config{
+		Pool:           PoolConfig{MaxOpenConns: 20, MaxIdleConns: 20, ConnMaxLifetime: 30 * time.Minute, ConnMaxIdleTime: 5 * time.Minute},
+		MigrateOnStart: true,
+	}
+}
+
+var schemes = []string{"postgres", "postgresql"}
+
+// Bind declares the variables: DATABASE_URL, DATABASE_REPLICA_URL, DB_*
+// and MIGRATE_ON_START, after b's prefix.
+func (c *Config) Bind(b *config.Binder) {
+	b.URL("DATABASE_URL", &c.URL, schemes, "primary Postgres URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable").Required()
+	b.URL("DATABASE_REPLICA_URL", &c.ReplicaURL, schemes, "optional read-replica Postgres URL for reads; they fall back to the primary when it fails")
+	b.Int("DB_MAX_OPEN_CONNS", &c.Pool.MaxOpenConns, 2, 1000, "maximum open connections per pool, at least 2 (a leader holds one); keep replicas × this below Postgres max_connections")
+	b.Int("DB_MAX_IDLE_CONNS", &c.Pool.MaxIdleConns, 0, 1000, "idle connections kept per pool (≤ DB_MAX_OPEN_CONNS); below it, every burst closes and reopens connections")
+	b.Duration("DB_CONN_MAX_LIFETIME", &c.Pool.ConnMaxLifetime, "recycle connections after this long, so failovers and DNS changes are picked up")
+	b.Duration("DB_CONN_MAX_IDLE_TIME", &c.Pool.ConnMaxIdleTime, "close connections idle for this long")
+	b.Bool("MIGRATE_ON_START", &c.MigrateOnStart, "apply migrations at start-up under an advisory lock; false waits for `server migrate` to have run")
+}
+
+// Check reports the settings that contradict each other.
+func (c Config) Check() []error {
+	if c.Pool.MaxIdleConns > c.Pool.MaxOpenConns {
+		return []error{fmt.Errorf("DB_MAX_IDLE_CONNS=%d must not exceed DB_MAX_OPEN_CONNS=%d", c.Pool.MaxIdleConns, c.Pool.MaxOpenConns)}
+	}
+	return nil
 }

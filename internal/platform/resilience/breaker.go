@@ -36,10 +36,10 @@ const (
 type BreakerSettings struct {
 	Name           string        // the dependency; a metric label
 	Window         time.Duration // rolling window of the trip rule
-	MinRequests    uint32        // completed calls in the window before it may trip
+	MinRequests    int           // completed calls in the window before it may trip
 	FailureRatio   float64       // failures/completed calls that trip it, in (0, 1]
 	OpenTimeout    time.Duration // how long it stays open before probing
-	HalfOpenProbes uint32        // calls let through half-open; all must succeed to close
+	HalfOpenProbes int           // calls let through half-open; all must succeed to close
 }
 
 // windowBuckets is how finely the window rolls: counts age out a tenth of
@@ -67,7 +67,7 @@ func (e excluded) Unwrap() error { return e.err }
 // errors are the dependency's fault; a nil error is always a success, and
 // an error after the caller's own context ended is always ignored.
 func NewBreaker(s BreakerSettings, classify func(error) Outcome, reg prometheus.Registerer, log *slog.Logger) (*Breaker, error) {
-	if s.Window <= 0 || s.OpenTimeout <= 0 || s.MinRequests == 0 || s.HalfOpenProbes == 0 ||
+	if s.Window <= 0 || s.OpenTimeout <= 0 || s.MinRequests < 1 || s.HalfOpenProbes < 1 ||
 		s.FailureRatio <= 0 || s.FailureRatio > 1 {
 		return nil, fmt.Errorf("breaker %s: invalid settings %+v", s.Name, s)
 	}
@@ -77,16 +77,16 @@ func NewBreaker(s BreakerSettings, classify func(error) Outcome, reg prometheus.
 		ConstLabels: prometheus.Labels{"name": s.Name},
 	}, []string{"from", "to"})
 
-	b := &Breaker{classify: classify, probes: s.HalfOpenProbes}
+	b := &Breaker{classify: classify, probes: uint32(s.HalfOpenProbes)}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:         s.Name,
-		MaxRequests:  s.HalfOpenProbes,
+		MaxRequests:  uint32(s.HalfOpenProbes),
 		Interval:     s.Window,
 		BucketPeriod: s.Window / windowBuckets,
 		Timeout:      s.OpenTimeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			completed := c.TotalSuccesses + c.TotalFailures
-			return completed >= s.MinRequests && float64(c.TotalFailures) >= s.FailureRatio*float64(completed)
+			return completed >= uint32(s.MinRequests) && float64(c.TotalFailures) >= s.FailureRatio*float64(completed)
 		},
 		OnStateChange: func(name string, from, to gobreaker.State) {
 			transitions.WithLabelValues(from.String(), to.String()).Inc()

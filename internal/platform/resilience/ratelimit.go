@@ -58,9 +58,18 @@ type limiterEntry struct {
 	seen   time.Time
 }
 
-// NewKeyedLimiter returns a limiter named for its metrics. maxKeys bounds
-// the buckets kept.
-func NewKeyedLimiter(name string, perSecond float64, burst, maxKeys int, reg prometheus.Registerer) (*KeyedLimiter, error) {
+// LimiterSettings size a KeyedLimiter: each key may make PerSecond
+// requests a second, and Burst at once; MaxKeys bounds the buckets kept.
+type LimiterSettings struct {
+	Name      string // a metric label
+	PerSecond float64
+	Burst     int
+	MaxKeys   int
+}
+
+// NewKeyedLimiter returns a limiter named for its metrics.
+func NewKeyedLimiter(s LimiterSettings, reg prometheus.Registerer) (*KeyedLimiter, error) {
+	name, perSecond, burst, maxKeys := s.Name, s.PerSecond, s.Burst, s.MaxKeys
 	if perSecond <= 0 || burst < 1 || maxKeys < limiterShards {
 		return nil, fmt.Errorf("rate limiter %s: need a positive rate and burst and at least %d keys, got %g/s, %d, %d",
 			name, limiterShards, perSecond, burst, maxKeys)
@@ -216,9 +225,17 @@ type EgressLimiter struct {
 	rejected prometheus.Counter
 }
 
-// NewEgressLimiter returns a limiter of perSecond calls with bursts of
-// burst, named for its metrics.
-func NewEgressLimiter(name string, perSecond float64, burst int, reg prometheus.Registerer) (*EgressLimiter, error) {
+// EgressSettings pace the calls to one dependency: PerSecond calls a
+// second, with bursts of Burst.
+type EgressSettings struct {
+	Name      string // the dependency; a metric label
+	PerSecond float64
+	Burst     int
+}
+
+// NewEgressLimiter returns a limiter named for its metrics.
+func NewEgressLimiter(s EgressSettings, reg prometheus.Registerer) (*EgressLimiter, error) {
+	name, perSecond, burst := s.Name, s.PerSecond, s.Burst
 	if perSecond <= 0 || burst < 1 {
 		return nil, fmt.Errorf("egress limiter %s: need a positive rate and burst, got %g/s and %d", name, perSecond, burst)
 	}

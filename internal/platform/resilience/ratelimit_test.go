@@ -22,7 +22,7 @@ func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 func newTestLimiter(t *testing.T, perSecond float64, burst, maxKeys int) (*KeyedLimiter, *clock, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	l, err := NewKeyedLimiter("clients", perSecond, burst, maxKeys, reg)
+	l, err := NewKeyedLimiter(LimiterSettings{Name: "clients", PerSecond: perSecond, Burst: burst, MaxKeys: maxKeys}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +169,7 @@ func TestKeyedLimiter_AMillionClientsKeepMemoryBounded(t *testing.T) {
 
 func TestEgressLimiter_WaitsOnlyWithinTheCallersDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e, err := NewEgressLimiter("provider", 1, 1, prometheus.NewRegistry())
+		e, err := NewEgressLimiter(EgressSettings{Name: "provider", PerSecond: 1, Burst: 1}, prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,8 +11,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// RetryPolicy bounds how a Retrier retries.
-type RetryPolicy struct {
+// RetrySettings bound how a Retrier retries.
+type RetrySettings struct {
+	Name        string        // the dependency; a metric label
 	MaxAttempts int           // attempts per call, the first included
 	BaseDelay   time.Duration // backoff before the first retry, before jitter
 	MaxDelay    time.Duration // cap on the backoff, before jitter
@@ -52,8 +53,7 @@ type Verdict struct {
 // MaxAttempts times its normal load from us, exactly when it can least
 // take it.
 type Retrier struct {
-	name     string
-	policy   RetryPolicy
+	policy   RetrySettings
 	budget   *RetryBudget
 	classify func(error) Verdict
 	random   func() float64 // in [0, 1): jitter
@@ -64,12 +64,13 @@ type Retrier struct {
 // which errors are worth another attempt; errors matching ErrBreakerOpen
 // or ErrBulkheadFull never are, whatever it says: they mean "not now", and
 // retrying them is how overload spreads.
-func NewRetrier(name string, p RetryPolicy, budget *RetryBudget, classify func(error) Verdict, reg prometheus.Registerer) (*Retrier, error) {
+func NewRetrier(p RetrySettings, budget *RetryBudget, classify func(error) Verdict, reg prometheus.Registerer) (*Retrier, error) {
+	name := p.Name
 	if p.MaxAttempts < 1 || p.BaseDelay <= 0 || p.MaxDelay < p.BaseDelay || p.AttemptTimeout <= 0 || p.MaxRetryAfter < 0 {
 		return nil, fmt.Errorf("retrier %s: invalid policy %+v", name, p)
 	}
 	r := &Retrier{
-		name: name, policy: p, budget: budget, classify: classify, random: rand.Float64,
+		policy: p, budget: budget, classify: classify, random: rand.Float64,
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name:        "retry_attempts_total",
 			Help:        "Attempts of retried calls, by outcome: success, retried (failed, tried again), or final (failed, given up) with the reason; and not_started, calls given up before their first attempt for lack of time.",
@@ -223,8 +224,17 @@ type RetryBudget struct {
 	exhausted prometheus.Counter
 }
 
+// BudgetSettings size a RetryBudget.
+type BudgetSettings struct {
+	Name         string  // the dependency; a metric label
+	Ratio        float64 // retries earned per call
+	MinPerSecond float64 // retries a second always earned
+	Capacity     int     // most retries saved up
+}
+
 // NewRetryBudget returns a full budget for the named dependency.
-func NewRetryBudget(name string, ratio, minPerSecond, capacity float64, reg prometheus.Registerer) (*RetryBudget, error) {
+func NewRetryBudget(s BudgetSettings, reg prometheus.Registerer) (*RetryBudget, error) {
+	name, ratio, minPerSecond, capacity := s.Name, s.Ratio, s.MinPerSecond, float64(s.Capacity)
 	if ratio < 0 || minPerSecond < 0 || capacity < 1 {
 		return nil, fmt.Errorf("retry budget %s: invalid ratio %g, floor %g/s, capacity %g", name, ratio, minPerSecond, capacity)
 	}

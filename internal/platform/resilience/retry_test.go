@@ -18,20 +18,21 @@ var errRetryable = errors.New("retryable")
 
 func retryAll(err error) Verdict { return Verdict{Retry: !errors.Is(err, errClient)} }
 
-var defaultPolicy = RetryPolicy{
+var defaultPolicy = RetrySettings{
+	Name:        "dep",
 	MaxAttempts: 3, BaseDelay: 100 * time.Millisecond, MaxDelay: time.Second,
 	MaxRetryAfter: 5 * time.Second, AttemptTimeout: 300 * time.Millisecond,
 }
 
 // newTestRetrier returns a retrier with a budget too large to matter
 // unless the test says otherwise.
-func newTestRetrier(t *testing.T, p RetryPolicy, budget *RetryBudget, classify func(error) Verdict) *Retrier {
+func newTestRetrier(t *testing.T, p RetrySettings, budget *RetryBudget, classify func(error) Verdict) *Retrier {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	if budget == nil {
 		budget = newBudget(t, reg, 1, 0, 1e9)
 	}
-	r, err := NewRetrier("dep", p, budget, classify, reg)
+	r, err := NewRetrier(p, budget, classify, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func newTestRetrier(t *testing.T, p RetryPolicy, budget *RetryBudget, classify f
 
 func newBudget(t *testing.T, reg prometheus.Registerer, ratio, perSecond, capacity float64) *RetryBudget {
 	t.Helper()
-	b, err := NewRetryBudget("dep", ratio, perSecond, capacity, reg)
+	b, err := NewRetryBudget(BudgetSettings{Name: "dep", Ratio: ratio, MinPerSecond: perSecond, Capacity: int(capacity)}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +141,7 @@ func TestRetry_StartsTheFirstAttemptOnlyWithTimeForIt(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				reg := prometheus.NewRegistry()
-				r, err := NewRetrier("dep", defaultPolicy, newBudget(t, reg, 1, 0, 1e9), retryAll, reg)
+				r, err := NewRetrier(defaultPolicy, newBudget(t, reg, 1, 0, 1e9), retryAll, reg)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/resiliencekit/payservice/internal/platform/config"
 )
 
 // NewAdminHandler returns the admin endpoints: /metrics and /debug/pprof/.
@@ -50,4 +52,34 @@ func NewHTTP(h http.Handler, cfg HTTPConfig, base context.Context, log *slog.Log
 		BaseContext:       func(_ net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// Bind declares the variables HTTP_READ_HEADER_TIMEOUT,
+// HTTP_READ_TIMEOUT, HTTP_WRITE_TIMEOUT and HTTP_IDLE_TIMEOUT (after b's
+// prefix).
+func (c *HTTPConfig) Bind(b *config.Binder) {
+	b = b.Prefix("HTTP_")
+	b.Duration("READ_HEADER_TIMEOUT", &c.ReadHeaderTimeout, "time to read request headers (slowloris guard)")
+	b.Duration("READ_TIMEOUT", &c.ReadTimeout, "time to read a whole request")
+	b.Duration("WRITE_TIMEOUT", &c.WriteTimeout, "time to write a response; must exceed the time a request may take")
+	b.Duration("IDLE_TIMEOUT", &c.IdleTimeout, "keep-alive idle time; above the load balancer's, so it closes first")
+}
+
+// DefaultHTTPConfig bounds an API whose requests take up to about ten
+// seconds.
+func DefaultHTTPConfig() HTTPConfig {
+	return HTTPConfig{ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 15 * time.Second, IdleTimeout: 120 * time.Second}
+}
+
+// ShutdownConfig bounds a graceful shutdown (see Run).
+type ShutdownConfig struct {
+	Drain   time.Duration
+	Timeout time.Duration
+}
+
+// Bind declares SHUTDOWN_DRAIN_DELAY and SHUTDOWN_TIMEOUT (after b's
+// prefix).
+func (c *ShutdownConfig) Bind(b *config.Binder) {
+	b.DurationOrZero("SHUTDOWN_DRAIN_DELAY", &c.Drain, "after SIGTERM, keep serving (not ready) this long so load balancers stop sending")
+	b.Duration("SHUTDOWN_TIMEOUT", &c.Timeout, "then wait at most this long for in-flight requests and work")
 }

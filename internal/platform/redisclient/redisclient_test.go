@@ -1,0 +1,82 @@
+package redisclient
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// dialCounter is a go-redis hook that counts a client's dials, each
+// attempt of its dial retry loop included.
+type dialCounter struct{ n atomic.Int64 }
+
+func (d *dialCounter) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d.n.Add(1)
+		return next(ctx, network, addr)
+	}
+}
+
+func (d *dialCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (d *dialCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func TestNew_DialsOnceWhenRedisIsDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "redis://" + ln.Addr().String() + "/0"
+	ln.Close() // nothing listens: every dial is refused at once
+
+	ours, err := New(Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.MaxRetries = -1 // as ours: only the dial retries differ
+	tests := []struct {
+		name      string
+		client    *redis.Client
+		wantDials int64 // per failed operation
+	}{
+		{"New", ours, 1},
+		// The baseline shows that the hook sees every dial of a retry loop.
+		{"go-redis's default dial retries", redis.NewClient(opts), 5},
+	}
+	took := make([]time.Duration, len(tests))
+	for i, tt := range tests {
+		t.Cleanup(func() { tt.client.Close() })
+		dials := &dialCounter{}
+		tt.client.AddHook(dials)
+		// Several operations: each dials anew, none reuses a failure.
+		const ops = 3
+		start := time.Now()
+		for op := range ops {
+			before := dials.n.Load()
+			if err := tt.client.Ping(context.Background()).Err(); err == nil {
+				t.Fatalf("%s: ping to a closed port succeeded", tt.name)
+			}
+			if n := dials.n.Load() - before; n != tt.wantDials {
+				t.Errorf("%s: ping %d with Redis down dialed %d times, want %d", tt.name, op+1, n, tt.wantDials)
+			}
+		}
+		took[i] = time.Since(start) / ops
+	}
+	// One dial also means none of the 100ms pauses go-redis's default
+	// takes between dials. Compared in one run, so a slow machine slows
+	// both.
+	t.Logf("ping with Redis down: %s, %s with go-redis's default dial retries", took[0], took[1])
+	if took[0] > took[1]/4 {
+		t.Errorf("ping with Redis down took %s, against %s with 5 dials: it should fail on the first", took[0], took[1])
+	}
+}
