@@ -158,7 +158,7 @@ func (h *paymentHandlers) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req payments.CreateRequest
-	if rerr := web.DecodeStrict(body, &req); rerr != nil {
+	if _, rerr := web.DecodeStrict(body, &req); rerr != nil {
 		rerr.Write(w, r)
 		return
 	}
@@ -188,7 +188,8 @@ func (h *paymentHandlers) create(w http.ResponseWriter, r *http.Request) {
 // bad request gets the same 400 or 422 whatever Redis holds for its key.
 func validPaymentRequest(body []byte) bool {
 	var req payments.CreateRequest
-	return web.DecodeStrict(body, &req) == nil && req.Validate() == nil
+	_, rerr := web.DecodeStrict(body, &req)
+	return rerr == nil && req.Validate() == nil
 }
 
 // writeResponse writes a rendered payment response. Its body is what was

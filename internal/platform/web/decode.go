@@ -9,6 +9,8 @@ import (
 	"mime"
 	"net/http"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -59,106 +61,165 @@ func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, *RequestError) {
 	return body, nil
 }
 
-// DecodeStrict decodes exactly one JSON value into dst. Unknown fields,
-// wrong types and trailing data are errors: a client that sends "amout"
-// must hear about it, not have a field silently ignored.
+// DecodeStrict decodes exactly one JSON value into dst, and returns the
+// body in canonical form: keys sorted, no insignificant whitespace,
+// numbers as written (what an idempotency fingerprint hashes). Unknown
+// fields, wrong types and trailing data are errors: a client that sends
+// "amout" must hear about it, not have a field silently ignored.
 //
 // So is a body that says two things at once: an object holding a member
 // twice, or a member whose name matches a field only when case is ignored
 // ("AMOUNT"). encoding/json would take the last duplicate and match names
-// case-insensitively, while the idempotency fingerprint hashes the body as
-// sent: {"amount":5,"AMOUNT":1000} and {"AMOUNT":1000,"amount":5} share a
+// case-insensitively, while a fingerprint hashes the body as sent:
+// {"amount":5,"AMOUNT":1000} and {"AMOUNT":1000,"amount":5} would share a
 // fingerprint but not an amount. Refusing them keeps one accepted body to
 // one meaning.
-func DecodeStrict(body []byte, dst any) *RequestError {
+func DecodeStrict(body []byte, dst any) (canonical []byte, rerr *RequestError) {
 	switch trimmed := bytes.TrimSpace(body); {
 	case len(trimmed) == 0:
-		return &RequestError{Malformed, "The request body is empty; send a JSON object."}
+		return nil, &RequestError{Malformed, "The request body is empty; send a JSON object."}
 	case bytes.Equal(trimmed, []byte("null")):
 		// encoding/json would decode null into an untouched zero value.
-		return &RequestError{Malformed, "The request body must be a JSON object, not null."}
+		return nil, &RequestError{Malformed, "The request body must be a JSON object, not null."}
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return &RequestError{Malformed, describeJSONError(err)}
+		return nil, &RequestError{Malformed, describeJSONError(err)}
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return &RequestError{Malformed, "The request body holds data after the JSON object."}
+		return nil, &RequestError{Malformed, "The request body holds data after the JSON object."}
 	}
-	if detail := ambiguousMember(body, reflect.TypeOf(dst)); detail != "" {
-		return &RequestError{Malformed, detail}
+	w := walker{dec: json.NewDecoder(bytes.NewReader(body))}
+	w.dec.UseNumber()
+	canonical, detail, err := w.value(reflect.TypeOf(dst), "")
+	switch {
+	case detail != "":
+		return nil, &RequestError{Malformed, detail}
+	case err != nil: // cannot happen on a body the decoder accepted
+		return nil, &RequestError{Malformed, describeJSONError(err)}
 	}
-	return nil
+	return canonical, nil
 }
 
-// ambiguousMember walks a valid JSON body alongside the type it decodes
-// into, and describes the first member that is repeated within its object,
-// or that names no field of a struct exactly. It returns "" if there is
-// none.
-func ambiguousMember(body []byte, t reflect.Type) string {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	detail, _ := walkMembers(dec, t, "")
-	return detail
+// walker reads a valid JSON body token by token, alongside the Go type it
+// decodes into, to find ambiguous members and write the canonical form.
+type walker struct {
+	dec *json.Decoder
+	str bytes.Buffer // scratch for encoding strings
 }
 
-// walkMembers reads one value from dec; t is the Go type it decodes into,
-// nil when unknown (inside an any). The error is only a decoding error,
-// which cannot happen on a body the decoder has accepted.
-func walkMembers(dec *json.Decoder, t reflect.Type, path string) (string, error) {
-	tok, err := dec.Token()
+// value reads one value; t is the Go type it decodes into, nil when unknown
+// (inside an any). It returns the value in canonical form, or a detail
+// describing the first member that is repeated within its object or that
+// names no field of a struct exactly.
+func (w *walker) value(t reflect.Type, path string) (canonical []byte, detail string, err error) {
+	tok, err := w.dec.Token()
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	switch tok {
-	case json.Delim('['):
-		var elem reflect.Type
-		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
-			elem = t.Elem()
+	switch tok := tok.(type) {
+	case json.Delim:
+		if tok == '[' {
+			return w.array(t, path)
 		}
-		for dec.More() {
-			if detail, err := walkMembers(dec, elem, path+"[]"); detail != "" || err != nil {
-				return detail, err
-			}
-		}
-	case json.Delim('{'):
-		fields := jsonFields(t)
-		seen := map[string]bool{}
-		for dec.More() {
-			tok, err := dec.Token()
-			if err != nil {
-				return "", err
-			}
-			name := tok.(string)
-			member := strings.TrimPrefix(path+"."+name, ".")
-			if seen[name] {
-				return fmt.Sprintf("Field %q appears twice.", member), nil
-			}
-			seen[name] = true
-			var next reflect.Type
-			switch {
-			case fields != nil:
-				ft, ok := fields[name]
-				if !ok {
-					return fmt.Sprintf("Unknown field %q (field names are case-sensitive).", member), nil
-				}
-				next = ft
-			case t != nil && t.Kind() == reflect.Map:
-				next = t.Elem()
-			}
-			if detail, err := walkMembers(dec, next, member); detail != "" || err != nil {
-				return detail, err
-			}
-		}
-	default:
-		return "", nil // a scalar
+		return w.object(t, path)
+	case string:
+		return w.encodeString(tok), "", nil
+	case json.Number:
+		return []byte(tok), "", nil
+	case bool:
+		return strconv.AppendBool(nil, tok), "", nil
+	default: // nil
+		return []byte("null"), "", nil
 	}
-	_, err = dec.Token() // the closing delimiter
-	return "", err
+}
+
+func (w *walker) array(t reflect.Type, path string) ([]byte, string, error) {
+	var elem reflect.Type
+	if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+		elem = t.Elem()
+	}
+	out := []byte{'['}
+	for w.dec.More() {
+		v, detail, err := w.value(elem, path+"[]")
+		if detail != "" || err != nil {
+			return nil, detail, err
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	_, err := w.dec.Token() // ]
+	return append(out, ']'), "", err
+}
+
+func (w *walker) object(t reflect.Type, path string) ([]byte, string, error) {
+	fields := jsonFields(t)
+	type member struct {
+		name  string
+		value []byte
+	}
+	var members []member
+	seen := map[string]bool{}
+	for w.dec.More() {
+		tok, err := w.dec.Token()
+		if err != nil {
+			return nil, "", err
+		}
+		name := tok.(string)
+		where := strings.TrimPrefix(path+"."+name, ".")
+		if seen[name] {
+			return nil, fmt.Sprintf("Field %q appears twice.", where), nil
+		}
+		seen[name] = true
+		var next reflect.Type
+		switch {
+		case fields != nil:
+			ft, ok := fields[name]
+			if !ok {
+				return nil, fmt.Sprintf("Unknown field %q (field names are case-sensitive).", where), nil
+			}
+			next = ft
+		case t != nil && t.Kind() == reflect.Map:
+			next = t.Elem()
+		}
+		v, detail, err := w.value(next, where)
+		if detail != "" || err != nil {
+			return nil, detail, err
+		}
+		members = append(members, member{name, v})
+	}
+	if _, err := w.dec.Token(); err != nil { // }
+		return nil, "", err
+	}
+	// Sorted by name, byte by byte: the order encoding/json writes a map's
+	// keys in, so that the canonical form of every body accepted before
+	// this walker existed is unchanged.
+	slices.SortFunc(members, func(a, b member) int { return strings.Compare(a.name, b.name) })
+	out := []byte{'{'}
+	for i, m := range members {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, w.encodeString(m.name)...)
+		out = append(out, ':')
+		out = append(out, m.value...)
+	}
+	return append(out, '}'), "", nil
+}
+
+// encodeString writes s as encoding/json does without HTML escaping.
+func (w *walker) encodeString(s string) []byte {
+	w.str.Reset()
+	enc := json.NewEncoder(&w.str)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return bytes.Clone(bytes.TrimSuffix(w.str.Bytes(), []byte("\n")))
 }
 
 // jsonFields maps the JSON names of a struct's fields to their types, as
