@@ -31,7 +31,8 @@ func paymentStatus(t *testing.T, dbURL, key string) (id, status string) {
 	}
 	defer pool.Close()
 	err = pool.QueryRowContext(context.Background(),
-		`SELECT id, status FROM payments WHERE client_id = 'client_a' AND idempotency_key = $1`, key).Scan(&id, &status)
+		`SELECT p.id, p.status FROM payments p JOIN idempotency_keys k ON k.kind = 'payment' AND k.resource_id = p.id
+		WHERE k.scope = 'client_a' AND k.key = $1`, key).Scan(&id, &status)
 	if err == sql.ErrNoRows {
 		return "", ""
 	}

@@ -337,7 +337,7 @@ func TestIdempotency_ALeaseLostMidRequestIsTakenOverAndChargesOnce(t *testing.T)
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if _, err := pool.Exec(`UPDATE payments SET lease_expires_at = now() WHERE idempotency_key = 'k'`); err != nil {
+	if _, err := pool.Exec(`UPDATE idempotency_keys SET lease_expires_at = now() WHERE key = 'k'`); err != nil {
 		t.Fatal(err)
 	}
 	flushRedis(t, st.redisURL)

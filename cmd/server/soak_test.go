@@ -231,7 +231,8 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		key              string
 	}
 	rows := map[string]row{}
-	r, err := pool.Query(`SELECT id, idempotency_key, amount, status, coalesce(provider_charge_id, '') FROM payments`)
+	r, err := pool.Query(`SELECT p.id, k.key, p.amount, p.status, coalesce(p.provider_charge_id, '')
+		FROM payments p JOIN idempotency_keys k ON k.kind = 'payment' AND k.resource_id = p.id`)
 	if err != nil {
 		t.Fatal(err)
 	}

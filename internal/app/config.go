@@ -10,6 +10,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
 	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
@@ -29,7 +30,7 @@ type Config struct {
 
 	Postgres    postgres.Config
 	Redis       redisclient.Config
-	Idempotency IdempotencyConfig
+	Idempotency idempotency.Config
 
 	Provider   provider.Settings
 	Reconciler payments.ReconcilerConfig
@@ -42,17 +43,6 @@ type Config struct {
 	LogFormat string
 }
 
-// IdempotencyConfig times the claims on idempotency keys.
-type IdempotencyConfig struct {
-	// Lease is how long a request holds its key before a retry may take
-	// over: how long a crashed request blocks it.
-	Lease time.Duration
-	// ResponseTTL is how long Redis caches a completed response.
-	ResponseTTL time.Duration
-	// SettleTimeout is the budget of the writes after the provider call.
-	SettleTimeout time.Duration
-}
-
 // Default returns the configuration every variable defaults to.
 func Default() Config {
 	return Config{
@@ -63,7 +53,7 @@ func Default() Config {
 		Shutdown:       server.ShutdownConfig{Drain: 5 * time.Second, Timeout: 15 * time.Second},
 		Postgres:       postgres.DefaultConfig(),
 		Redis:          redisclient.DefaultConfig(),
-		Idempotency:    IdempotencyConfig{Lease: 30 * time.Second, ResponseTTL: 24 * time.Hour, SettleTimeout: 2 * time.Second},
+		Idempotency:    idempotency.DefaultConfig(),
 		Provider:       provider.DefaultSettings(),
 		Reconciler:     payments.DefaultReconcilerConfig(),
 		ClientLimit:    resilience.LimiterSettings{Name: "clients", PerSecond: 100, Burst: 200, MaxKeys: 100_000},
@@ -81,9 +71,7 @@ func (c *Config) Bind(b *config.Binder) {
 	c.Postgres.Bind(b)
 	c.Redis.Bind(b.Prefix("REDIS_"))
 
-	b.Duration("IDEMPOTENCY_LEASE", &c.Idempotency.Lease, "how long a request holds its key before a retry may take over (how long a crashed request blocks it); longer than REQUEST_TIMEOUT + SETTLE_TIMEOUT")
-	b.Duration("IDEMPOTENCY_RESPONSE_TTL", &c.Idempotency.ResponseTTL, "how long Redis caches completed responses (Postgres keeps them for good)")
-	b.Duration("SETTLE_TIMEOUT", &c.Idempotency.SettleTimeout, "budget for recording the provider's answer; provider calls end this long before REQUEST_TIMEOUT, and the write is not cut short by it")
+	c.Idempotency.Bind(b)
 
 	c.Reconciler.Bind(b.Prefix("RECONCILE_"))
 	c.Provider.Bind(b.Prefix("PROVIDER_"))

@@ -21,6 +21,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
 	"github.com/resiliencekit/payservice/internal/platform/health"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
@@ -37,8 +38,9 @@ const Name = "payservice"
 // documentation when you adopt the template.
 const problemTypes = "https://payservice.example/problems/"
 
-// migrations are the schema's streams, in the order they apply.
-var migrations = []postgres.Migrations{paymentsdb.Migrations}
+// migrations are the schema's streams, in the order they apply: the key
+// records before the domain whose work they guard.
+var migrations = []postgres.Migrations{idempotency.Migrations, paymentsdb.Migrations}
 
 // Serve runs the service until ctx is cancelled, then shuts down
 // gracefully (server.Run says how, and within what bounds). Each step
@@ -76,27 +78,37 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	defer rdb.Close()
-	redisBreaker, err := resilience.NewBreaker(withName(cfg.Redis.Breaker, "redis"), resilience.RedisOutcome, reg, log)
+	redisBreaker, err := resilience.NewBreaker(withName(cfg.Redis.Breaker, "redis"), idempotency.RedisOutcome, reg, log)
 	if err != nil {
 		return err
 	}
-	idemMetrics, err := resilience.NewIdempotencyMetrics(reg)
+	idemMetrics, err := idempotency.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
-	idemStore := resilience.NewIdempotencyStore(rdb, Name+":idem", cfg.Idempotency.ResponseTTL, cfg.Redis.Timeout, redisBreaker)
+	keys := &idempotency.Keys{Lease: cfg.Idempotency.Lease, Metrics: idemMetrics}
+	guard := &idempotency.Guard{
+		Cache: idempotency.NewCache(rdb, idempotency.CacheSettings{
+			Prefix: Name + ":idem", ResponseTTL: cfg.Idempotency.ResponseTTL, Timeout: cfg.Redis.Timeout,
+		}, redisBreaker),
+		Metrics: idemMetrics,
+		Log:     log,
+		// The in-flight lock needs to last only as long as a request can
+		// act: were its release lost (a Redis blip), it would answer 409
+		// for no longer than that.
+		LockTTL: cfg.RequestTimeout + cfg.Idempotency.SettleTimeout,
+	}
 
 	charges, protections, err := provider.New(cfg.Provider, reg, log)
 	if err != nil {
 		return err
 	}
 	svc := payments.NewService(payments.Config{
-		Repo:          paymentsdb.NewPayments(primary, replica),
+		Store:         paymentsdb.New(primary, replica, keys),
 		Provider:      charges,
-		Render:        paymentsapi.Renderer(problemTypes),
+		Views:         paymentsapi.Views{ProblemTypes: problemTypes},
 		Lease:         cfg.Idempotency.Lease,
 		SettleTimeout: cfg.Idempotency.SettleTimeout,
-		Metrics:       idemMetrics,
 		Log:           log,
 	})
 	reconcile := cfg.Reconciler
@@ -133,17 +145,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		Metrics:        reg,
 		RequestTimeout: cfg.RequestTimeout,
 		ProblemTypes:   problemTypes,
-	}, paymentsapi.Routes(paymentsapi.Config{
-		Service:            svc,
-		Log:                log,
-		ProblemTypes:       problemTypes,
-		IdempotencyStore:   idemStore,
-		IdempotencyMetrics: idemMetrics,
-		// The Redis lock needs to last only as long as a request can act:
-		// were its release lost (a Redis blip), it would answer 409 for
-		// no longer than that.
-		IdempotencyLockTTL: cfg.RequestTimeout + cfg.Idempotency.SettleTimeout,
-	}))
+	}, paymentsapi.Routes(paymentsapi.Config{Service: svc, Guard: guard, Log: log}))
 
 	// Bind before serving: a port conflict fails start-up with a clear
 	// error, and tests can ask for port 0 and read the port from the log.

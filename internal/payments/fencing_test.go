@@ -3,7 +3,6 @@ package payments_test
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
@@ -98,16 +98,16 @@ func TestReconciler_ARetryChargingDuringTheLookupWins(t *testing.T) {
 	<-looked // the reconciler holds the lease and saw no charge
 
 	// Its lookup outlasts its lease: expire it, as time would.
-	if _, err := f.pool.Exec(`UPDATE payments SET lease_expires_at = now() WHERE id = $1`, p.ID); err != nil {
+	if _, err := f.pool.Exec(`UPDATE idempotency_keys SET lease_expires_at = now() WHERE resource_id = $1`, p.ID); err != nil {
 		t.Fatal(err)
 	}
 	type createResult struct {
-		res payments.Result
+		res result
 		err error
 	}
 	retried := make(chan createResult, 1)
 	go func() {
-		res, err := f.svc.Create(context.Background(), input("k", 1000))
+		res, err := f.create(context.Background(), input("k", 1000))
 		retried <- createResult{res, err}
 	}()
 	<-charged // the retry took the payment over, and the provider charged it
@@ -115,7 +115,7 @@ func TestReconciler_ARetryChargingDuringTheLookupWins(t *testing.T) {
 	// The retry's attempt is older than the reconciler's grace period, so
 	// that the grace period cannot be what saves the payment.
 	waitForDB(t, f.pool, "the retry's attempt to age past the grace period",
-		`SELECT now() - charge_attempted_at > interval '1 millisecond' FROM payments WHERE id = $1`, p.ID)
+		`SELECT now() - attempted_at > interval '1 millisecond' FROM idempotency_keys WHERE resource_id = $1`, p.ID)
 	close(resumeReconciler)
 	rr := <-reconciled
 	close(resumeRetry)
@@ -143,7 +143,7 @@ func TestReconciler_SettlesOnlyUnderItsOwnLease(t *testing.T) {
 	f.svc.Provider = hooked{Provider: f.svc.Provider, afterFind: func(context.Context) {
 		// While the reconciler looks, its lease expires and a retry
 		// takes the payment over (and is still at the provider).
-		if _, err := f.pool.Exec(`UPDATE payments SET lease_token = 'a retry', lease_expires_at = now() + interval '1 minute' WHERE id = $1`, p.ID); err != nil {
+		if _, err := f.pool.Exec(`UPDATE idempotency_keys SET lease_token = 'a retry', lease_expires_at = now() + interval '1 minute' WHERE resource_id = $1`, p.ID); err != nil {
 			t.Error(err)
 		}
 	}}
@@ -165,16 +165,16 @@ func TestCreate_AnAnswerArrivingAtTheDeadlineIsRecorded(t *testing.T) {
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := f.svc.Create(ctx, input("k", 1000))
+	res, err := f.create(ctx, input("k", 1000))
 	if err != nil || res.Response.Status != http.StatusCreated || res.Payment.Status != payments.StatusSucceeded {
 		t.Fatalf("Create = %d %s (%v); want 201 succeeded", res.Response.Status, res.Response.Body, err)
 	}
 	var leaseHeld bool
-	if err := f.pool.QueryRow(`SELECT lease_token IS NOT NULL FROM payments WHERE id = $1`, res.Payment.ID).Scan(&leaseHeld); err != nil || leaseHeld {
+	if err := f.pool.QueryRow(`SELECT lease_token IS NOT NULL FROM idempotency_keys WHERE resource_id = $1`, res.Payment.ID).Scan(&leaseHeld); err != nil || leaseHeld {
 		t.Fatalf("lease still held: %v (%v)", leaseHeld, err)
 	}
 	f.svc.Provider = f.svc.Provider.(hooked).Provider
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || !retry.Replayed || retry.Response.Status != http.StatusCreated {
 		t.Fatalf("an immediate retry: %d replayed=%v (%v); want the stored 201", retry.Response.Status, retry.Replayed, err)
 	}
@@ -191,13 +191,13 @@ func TestCreate_AnUnknownOutcomeAtTheDeadlineReleasesTheLease(t *testing.T) {
 	f.svc.Provider = hooked{Provider: f.svc.Provider, afterCharge: func(ctx context.Context) { <-ctx.Done() }}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	res, err := f.svc.Create(ctx, input("k", 1000))
+	res, err := f.create(ctx, input("k", 1000))
 	if err != nil || res.Response.Status != http.StatusAccepted {
 		t.Fatalf("Create = %d (%v); want 202", res.Response.Status, err)
 	}
 	f.fake.ResetFaults()
 	f.svc.Provider = f.svc.Provider.(hooked).Provider
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || retry.Response.Status != http.StatusCreated {
 		t.Fatalf("an immediate retry: %d (%v); want 201, not 409 for a lease nobody uses", retry.Response.Status, err)
 	}
@@ -209,8 +209,7 @@ func TestCreate_AnUnknownOutcomeAtTheDeadlineReleasesTheLease(t *testing.T) {
 // completes, and the key is not stranded behind a lease nobody drives.
 func TestCreate_RedisLosingTheLockMidRequestDecidesNothing(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
-	redisURL := testenv.RedisURL(t)
-	opts, err := redis.ParseURL(redisURL)
+	opts, err := redis.ParseURL(testenv.RedisURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,48 +219,41 @@ func TestCreate_RedisLosingTheLockMidRequestDecidesNothing(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	breaker, err := resilience.NewBreaker(resilience.BreakerSettings{
 		Name: "redis", Window: 10 * time.Second, MinRequests: 5, FailureRatio: 0.5, OpenTimeout: time.Second, HalfOpenProbes: 1,
-	}, resilience.RedisOutcome, reg, log)
+	}, idempotency.RedisOutcome, reg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := resilience.NewIdempotencyMetrics(reg)
+	metrics, err := idempotency.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := resilience.NewIdempotencyStore(rdb, "test", time.Hour, time.Second, breaker)
-
+	guard := &idempotency.Guard{
+		Cache:   idempotency.NewCache(rdb, idempotency.CacheSettings{Prefix: "test", ResponseTTL: time.Hour, Timeout: time.Second}, breaker),
+		Metrics: metrics, Log: log, LockTTL: time.Minute,
+	}
 	flush := true
-	create := func(w http.ResponseWriter, r *http.Request) {
-		if flush { // between the Redis claim and the charge
-			if err := rdb.FlushDB(r.Context()).Err(); err != nil {
-				t.Error(err)
+	handler := idempotency.Handle(guard, idempotency.Route[payments.CreateRequest]{
+		Pattern:  "/v1/payments",
+		Validate: (*payments.CreateRequest).Validate,
+		Do: func(ctx context.Context, req idempotency.Request, body *payments.CreateRequest) (idempotency.Response, error) {
+			if flush { // after the fast path took the lock, before the charge
+				if err := rdb.FlushDB(ctx).Err(); err != nil {
+					t.Error(err)
+				}
 			}
-		}
-		res, err := f.svc.Create(r.Context(), input("k", 1000))
-		if err != nil {
-			w.WriteHeader(http.StatusConflict)
+			return f.svc.Create(ctx, req, *body, "req")
+		},
+		Fail: func(w http.ResponseWriter, r *http.Request, err error) {
+			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = io.WriteString(w, err.Error())
-			return
-		}
-		w.WriteHeader(res.Response.Status)
-		_, _ = w.Write(res.Response.Body)
-	}
-	h := resilience.NewIdempotency(resilience.IdempotencyConfig{
-		Store: store, Metrics: metrics, Log: log, Lease: time.Minute, MaxBody: 1 << 16,
-		Scope:    func(*http.Request) string { return "client_a" },
-		Route:    "/v1/payments",
-		ValidKey: func(k string) bool { return k != "" },
-		Valid:    func([]byte) bool { return true },
-		Final:    func(status int) bool { return status == 201 || status == 402 },
-		InFlight: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusConflict) },
-		Mismatch: func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusUnprocessableEntity) },
-	}).Middleware(http.HandlerFunc(create))
-
+		},
+	})
 	post := func() *httptest.ResponseRecorder {
 		req := httptest.NewRequest(http.MethodPost, "/v1/payments", strings.NewReader(`{"amount":1000,"currency":"usd"}`))
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", "k")
 		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
+		handler.ServeHTTP(rec, req)
 		return rec
 	}
 	first := post()
@@ -270,10 +262,8 @@ func TestCreate_RedisLosingTheLockMidRequestDecidesNothing(t *testing.T) {
 	}
 	flush = false
 	again := post()
-	var p struct{ ID string }
-	_ = json.Unmarshal(again.Body.Bytes(), &p)
-	if again.Code != http.StatusCreated || again.Body.String() != first.Body.String() {
-		t.Fatalf("the retry: %d %s; want the first answer replayed", again.Code, again.Body)
+	if again.Code != http.StatusCreated || again.Body.String() != first.Body.String() || again.Header().Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("the retry: %d %v %s; want the first answer replayed", again.Code, again.Header(), again.Body)
 	}
 	if n := len(f.fake.Charges()); n != 1 {
 		t.Errorf("%d charges, want 1", n)
@@ -298,12 +288,12 @@ func loseAnswerOf(f fixture, match string) {
 // the claim, and the key is usable at once.
 func TestCreate_AClaimWhoseAnswerIsLostIsUndone(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
-	loseAnswerOf(f, "INSERT INTO payments")
-	if _, err := f.svc.Create(context.Background(), input("k", 1000)); !errors.Is(err, payments.ErrUnavailable) {
+	loseAnswerOf(f, "INSERT INTO idempotency_keys")
+	if _, err := f.create(context.Background(), input("k", 1000)); !errors.Is(err, payments.ErrUnavailable) {
 		t.Fatalf("Create with the claim's answer lost: %v, want ErrUnavailable", err)
 	}
 	f.spy.After(nil)
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || retry.Response.Status != http.StatusCreated {
 		t.Fatalf("an immediate retry: %d (%v); want 201, not a 409 behind the lost claim's lease", retry.Response.Status, err)
 	}
@@ -318,12 +308,12 @@ func TestReconciler_ALeaseTakenWithItsAnswerLostIsGivenBack(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ChargeThenErrorRate: 1})
 	r := newReconciler(t, f, time.Hour)
-	loseAnswerOf(f, "SET lease_token = $2, lease_expires_at")
+	loseAnswerOf(f, "SET lease_token = $3, lease_expires_at")
 	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
 		t.Fatalf("RunOnce = %d, %v; want nothing settled", settled, err)
 	}
 	f.spy.After(nil)
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || retry.Response.Status != http.StatusCreated {
 		t.Fatalf("a retry after the lost lease: %d (%v); want 201", retry.Response.Status, err)
 	}

@@ -1,13 +1,17 @@
-// Package payments is the payment domain: what a payment is, which requests
-// are valid, and how creating one drives the provider to exactly one charge.
+// Package payments is the example domain: what a payment and a refund are,
+// which requests are valid, and how creating one drives the provider to
+// exactly one charge or refund. It is one vertical slice: its Postgres
+// store (paymentsdb), HTTP routes (paymentsapi), provider client
+// (provider) and fake provider (fakeprovider) are its subpackages.
 //
-// The service here decides; it does no HTTP and no SQL itself. Its rule for
-// money is the one the whole template is built to show: a payment is charged
-// at most once and never lost. The database row (unique per client and
-// idempotency key) is created before the provider is called, and the
-// provider is always called with the payment id as its idempotency key, so
-// any retry — by the client, by the service, or by a replica after a crash —
-// can only meet the original charge.
+// The service here decides; it does no HTTP and no SQL itself, and reaches
+// storage through the Store it defines. Its rule for money is the one the
+// whole template is built to show: a payment or a refund is made at most
+// once and never lost. Its row is written with its idempotency key's record
+// (the platform's idempotency package) before the provider is called, and
+// the provider is always called with the row's id as its idempotency key,
+// so any retry — by the client, by the service, or by a replica after a
+// crash — can only meet the original charge or refund.
 package payments
 
 import (
@@ -42,19 +46,21 @@ type Payment struct {
 	Metadata         map[string]string
 	ProviderChargeID string // empty until the provider answered
 	FailureCode      string // why it failed, e.g. card_declined
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// AmountRefunded is the sum of its succeeded refunds. With the
+	// refunds in progress, it never exceeds Amount.
+	AmountRefunded int64
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 }
 
 // Limits of a payment request, part of the API's contract.
 const (
-	MinAmount         = 1
-	MaxAmount         = 99_999_999
-	MaxDescription    = 500 // characters
-	MaxMetadataKeys   = 20
-	MaxMetadataKey    = 40  // characters
-	MaxMetadataValue  = 500 // characters
-	MaxIdempotencyKey = 255
+	MinAmount        = 1
+	MaxAmount        = 99_999_999
+	MaxDescription   = 500 // characters
+	MaxMetadataKeys  = 20
+	MaxMetadataKey   = 40  // characters
+	MaxMetadataValue = 500 // characters
 )
 
 // CreateRequest is what a client asks for. The API layer decodes it; Validate
@@ -111,7 +117,7 @@ func (e *ValidationError) Error() string {
 	for i, fe := range e.Errors {
 		msgs[i] = fe.Field + ": " + fe.Message
 	}
-	return "invalid payment request: " + strings.Join(msgs, "; ")
+	return "invalid request: " + strings.Join(msgs, "; ")
 }
 
 // Validate checks the request's semantics and normalises the currency to
@@ -176,18 +182,4 @@ func asciiLower(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// ValidIdempotencyKey reports whether key is 1–255 printable ASCII
-// characters without spaces.
-func ValidIdempotencyKey(key string) bool {
-	if len(key) == 0 || len(key) > MaxIdempotencyKey {
-		return false
-	}
-	for i := 0; i < len(key); i++ {
-		if key[i] <= ' ' || key[i] > '~' {
-			return false
-		}
-	}
-	return true
 }

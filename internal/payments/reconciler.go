@@ -9,9 +9,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
 	"github.com/resiliencekit/payservice/internal/platform/config"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
@@ -58,11 +58,11 @@ func (c *ReconcilerConfig) Bind(b *config.Binder) {
 	b.Int("BATCH", &c.Batch, 1, 10000, "payments reconciled per scan")
 }
 
-// Reconciler settles payments left processing: the provider's answer was
-// lost (timeout, 5xx, a crash) and no retry came. It asks the provider for
-// the charge made with the payment's idempotency key, and settles the
-// payment as succeeded or declined accordingly — or as failed when the
-// provider confirms, after the grace period, that no charge exists.
+// Reconciler settles payments and refunds left processing: the provider's
+// answer was lost (timeout, 5xx, a crash) and no retry came. It asks the
+// provider for the charge or refund made with the resource's id as its
+// idempotency key, and settles accordingly — or as failed when the
+// provider confirms, after the grace period, that none exists.
 //
 // Every replica runs one; a Postgres advisory lock makes only one of them
 // active at a time, and another takes over when it dies.
@@ -73,19 +73,19 @@ type Reconciler struct {
 	log    *slog.Logger
 
 	isLeader prometheus.Gauge
-	results  *prometheus.CounterVec
+	results  map[string]*prometheus.CounterVec // by kind
 }
 
-// Reconciliation results, by what happened to a stale payment.
+// Reconciliation results, by what happened to stale work.
 const (
-	resultSucceeded = "succeeded" // the provider had charged it
-	resultFailed    = "failed"    // declined, or no charge after the grace period
-	resultPending   = "pending"   // no charge yet, within the grace period
+	resultSucceeded = "succeeded" // the provider had done it
+	resultFailed    = "failed"    // refused, or not done after the grace period
+	resultPending   = "pending"   // not done yet, within the grace period
 	resultSkipped   = "skipped"   // taken by a retry meanwhile
 	resultError     = "error"     // the provider or database failed; next scan
 )
 
-// NewReconciler returns a reconciler for svc's payments.
+// NewReconciler returns a reconciler for svc's payments and refunds.
 func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer) (*Reconciler, error) {
 	if cfg.Every <= 0 || cfg.After <= 0 || cfg.Grace < cfg.After || cfg.Batch < 1 || cfg.Timeout <= 0 {
 		return nil, fmt.Errorf("reconciler: invalid config %+v", cfg)
@@ -94,20 +94,30 @@ func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer
 		return nil, fmt.Errorf("reconciler: timeout %s + settle timeout %s must be shorter than the lease %s", cfg.Timeout, svc.SettleTimeout, svc.Lease)
 	}
 	r := &Reconciler{
-		svc: svc, cfg: cfg, leader: svc.Repo.Leader(reconcilerLockID), log: svc.Log.With("component", "reconciler"),
+		svc: svc, cfg: cfg, leader: svc.Store.Leader(reconcilerLockID), log: svc.Log.With("component", "reconciler"),
 		isLeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "reconciler_leader",
 			Help: "1 while this replica is the active reconciler.",
 		}),
-		results: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "reconciler_payments_total",
-			Help: "Stale processing payments examined by the reconciler, by result.",
-		}, []string{"result"}),
+		results: map[string]*prometheus.CounterVec{
+			KindPayment: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "reconciler_payments_total",
+				Help: "Stale processing payments examined by the reconciler, by result.",
+			}, []string{"result"}),
+			KindRefund: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "reconciler_refunds_total",
+				Help: "Stale processing refunds examined by the reconciler, by result.",
+			}, []string{"result"}),
+		},
 	}
-	for _, res := range []string{resultSucceeded, resultFailed, resultPending, resultSkipped, resultError} {
-		r.results.WithLabelValues(res)
+	collectors := []prometheus.Collector{r.isLeader}
+	for _, results := range r.results {
+		for _, res := range []string{resultSucceeded, resultFailed, resultPending, resultSkipped, resultError} {
+			results.WithLabelValues(res)
+		}
+		collectors = append(collectors, results)
 	}
-	for _, c := range []prometheus.Collector{r.isLeader, r.results} {
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("reconciler metrics: %w", err)
 		}
@@ -145,8 +155,8 @@ func (r *Reconciler) Run(ctx context.Context) {
 	}
 }
 
-// RunOnce makes one scan if this replica leads, and returns how many
-// payments it settled.
+// RunOnce makes one scan of each kind of work if this replica leads, and
+// returns how many it settled.
 func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 	leading, err := r.leader.Lead(ctx)
 	if leading {
@@ -157,58 +167,68 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 	if err != nil || !leading {
 		return 0, err
 	}
-	stale, err := r.svc.Repo.Stale(ctx, r.cfg.After, r.cfg.Batch)
-	if err != nil {
-		return 0, err
-	}
-	for i, p := range stale {
-		if ctx.Err() != nil {
-			break // stopping: every lookup would fail at once
+	for _, kind := range []string{KindPayment, KindRefund} {
+		stale, err := r.svc.Store.Stale(ctx, kind, r.cfg.After, r.cfg.Batch)
+		if err != nil {
+			return settled, err
 		}
-		// While the provider's breaker is open (or its bulkhead full),
-		// every lookup would be refused: leave the rest to a later scan
-		// instead of logging a refusal per payment.
-		if a, ok := r.svc.Provider.(Admitter); ok {
-			if err := a.Admit(); err != nil {
-				r.log.Info("reconciliation scan deferred", "reason", err, "left", len(stale)-i)
-				break
+		for i, c := range stale {
+			if ctx.Err() != nil {
+				return settled, nil // stopping: every lookup would fail at once
 			}
-		}
-		result := r.reconcile(ctx, p)
-		r.results.WithLabelValues(result).Inc()
-		if result == resultSucceeded || result == resultFailed {
-			settled++
+			// While the provider's breaker is open (or its bulkhead full),
+			// every lookup would be refused: leave the rest to a later scan
+			// instead of logging a refusal per key.
+			if a, ok := r.svc.Provider.(Admitter); ok {
+				if err := a.Admit(); err != nil {
+					r.log.Info("reconciliation scan deferred", "reason", err, "left", len(stale)-i)
+					return settled, nil
+				}
+			}
+			result := r.reconcile(ctx, c)
+			r.results[kind].WithLabelValues(result).Inc()
+			if result == resultSucceeded || result == resultFailed {
+				settled++
+			}
 		}
 	}
 	return settled, nil
 }
 
-// reconcile settles one stale payment, if the provider knows its outcome.
+// verdict is what a lookup found: the final state to settle with, and
+// whether it rests on an absence (nothing found), which only time makes
+// final.
+type verdict struct {
+	found   bool
+	unknown bool   // found, in a state this code does not know
+	result  string // resultSucceeded or resultFailed, once settled
+}
+
+// reconcile settles one stale key, if the provider knows its outcome.
 //
 // Every step is bounded: the lease and the lookup by cfg.Timeout, the
 // verdict's write by the service's SettleTimeout, both shorter together
 // than the lease. And every write is fenced by the lease token, so that
 // should a step outlast the lease anyway (a paused process), a retry that
-// took the payment over wins: the reconciler's Settle then changes nothing.
-func (r *Reconciler) reconcile(ctx context.Context, p paymentsdb.Payment) string {
-	log := r.log.With("payment_id", p.ID)
-	token := newToken()
+// took the work over wins: the reconciler's settle then changes nothing.
+func (r *Reconciler) reconcile(ctx context.Context, c idempotency.Claim) string {
+	log := r.log.With("kind", c.Kind, "id", c.ResourceID)
 	step, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
-	// The lease keeps a client's retry from driving the payment while we
-	// decide its fate, and us from deciding while a retry drives it.
-	// The writes after the lookup run on a budget of their own: a
-	// lookup cut short (by the timeout, or by shutdown) must still give
-	// the lease back, or the payment waits for it to expire. Deferring
-	// also sends the payment to the back of the queue.
+	// The writes after the lookup run on a budget of their own: a lookup
+	// cut short (by the timeout, or by shutdown) must still give the
+	// lease back, or the work waits for it to expire. Deferring also
+	// sends the key to the back of the queue.
 	release := func() {
 		record, cancel := r.svc.recordBudget(ctx)
 		defer cancel()
-		if err := r.svc.Repo.Defer(record, p.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
+		if err := r.svc.Store.Release(record, c, true); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
 			log.Warn("release lease", "err", err)
 		}
 	}
-	if err := r.svc.Repo.TakeLease(step, p.ID, token, r.svc.Lease); errors.Is(err, paymentsdb.ErrLeaseLost) {
+	// The lease keeps a client's retry from driving the work while we
+	// decide its fate, and us from deciding while a retry drives it.
+	if err := r.svc.Store.Take(step, &c); errors.Is(err, idempotency.ErrLeaseLost) {
 		return resultSkipped
 	} else if err != nil {
 		// It may have taken the lease and lost only the answer: give it
@@ -217,52 +237,126 @@ func (r *Reconciler) reconcile(ctx context.Context, p paymentsdb.Payment) string
 		log.Warn("take lease", "err", err)
 		return resultError
 	}
-
+	clock := startClock(c.At)
 	call, cancelCall := r.svc.callBudget(step)
-	ch, found, err := r.svc.Provider.FindCharge(call, p.ID)
+	var (
+		settle func(context.Context, time.Duration) (*idempotency.Response, error)
+		v      verdict
+		err    error
+	)
+	switch c.Kind {
+	case KindPayment:
+		settle, v, err = r.payment(call, c, clock)
+	case KindRefund:
+		settle, v, err = r.refund(call, c, clock)
+	default:
+		err = fmt.Errorf("no reconciliation for kind %q", c.Kind)
+	}
 	cancelCall()
-	if err != nil {
+	switch {
+	case err != nil:
 		release()
-		log.Warn("look up charge", "err", err)
+		log.Warn("look up", "err", err)
+		return resultError
+	case v.unknown:
+		release()
+		log.Error("provider reports an unknown status")
 		return resultError
 	}
-	var s paymentsdb.Settlement
-	switch {
-	case found && ch.Status == provider.ChargeSucceeded:
-		s = paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: ch.ID}
-	case found && ch.Status == provider.ChargeDeclined:
-		s = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
-	case found:
-		release()
-		log.Error("provider reports an unknown charge status", "status", ch.Status)
-		return resultError
-	default:
-		// No charge: final only if no attempt was made within the grace
-		// period, which Settle checks under the row lock. Checked here,
-		// before it, an attempt made in between would go unseen.
-		s = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, FailureCode: FailureNoCharge, UnchargedFor: r.cfg.Grace}
+	// Not found: final only if no attempt was made within the grace
+	// period, which the settle checks under the row lock. Checked here,
+	// before it, an attempt made in between would go unseen.
+	idleFor := time.Duration(0)
+	if !v.found {
+		idleFor = r.cfg.Grace
 	}
 	record, cancelRecord := r.svc.recordBudget(ctx)
 	defer cancelRecord()
-	settled, now, err := r.svc.Repo.Settle(record, p.ID, token, s, r.svc.respond("reconciler"))
+	stored, err := settle(record, idleFor)
 	switch {
-	case errors.Is(err, paymentsdb.ErrAttemptTooRecent):
+	case errors.Is(err, idempotency.ErrAttemptTooRecent):
 		release()
 		return resultPending
-	case errors.Is(err, paymentsdb.ErrLeaseLost), err == nil && !now:
+	case errors.Is(err, idempotency.ErrLeaseLost), err == nil && stored != nil:
 		return resultSkipped // taken over, and perhaps settled, by a retry
 	case err != nil:
 		release()
 		log.Warn("settle", "err", err)
 		return resultError
 	}
-	log.Info("reconciled payment", "status", settled.Status, "provider_charge_id", settled.ProviderChargeID)
-	if settled.Status == paymentsdb.StatusSucceeded {
-		return resultSucceeded
-	}
-	return resultFailed
+	log.Info("reconciled", "result", v.result)
+	return v.result
 }
 
-// FailureNoCharge is the failure code of a payment the provider never
-// charged: its charge request was lost before reaching it.
-const FailureNoCharge = "no_charge"
+// payment looks a stale payment's charge up, and returns how to settle it.
+func (r *Reconciler) payment(ctx context.Context, c idempotency.Claim, clock dbClock) (func(context.Context, time.Duration) (*idempotency.Response, error), verdict, error) {
+	p, err := r.svc.Store.PaymentByID(ctx, c.ResourceID)
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	ch, found, err := r.svc.Provider.FindCharge(ctx, p.ID)
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	v := verdict{found: found, result: resultFailed}
+	switch {
+	case found && ch.Status == provider.ChargeSucceeded:
+		p.Status, p.ProviderChargeID = StatusSucceeded, ch.ID
+		v.result = resultSucceeded
+	case found && ch.Status == provider.ChargeDeclined:
+		p.Status, p.ProviderChargeID, p.FailureCode = StatusFailed, ch.ID, ch.Code
+	case found:
+		return nil, verdict{found: true, unknown: true}, nil
+	default:
+		p.Status, p.FailureCode = StatusFailed, FailureNoCharge
+	}
+	p.UpdatedAt = clock.now()
+	resp, err := r.svc.Views.Payment(p, "reconciler")
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	resp.Final = true
+	return func(ctx context.Context, idleFor time.Duration) (*idempotency.Response, error) {
+		return r.svc.Store.SettlePayment(ctx, c, p, resp, idleFor)
+	}, v, nil
+}
+
+// refund looks a stale refund up, and returns how to settle it.
+func (r *Reconciler) refund(ctx context.Context, c idempotency.Claim, clock dbClock) (func(context.Context, time.Duration) (*idempotency.Response, error), verdict, error) {
+	rf, err := r.svc.Store.RefundByID(ctx, c.ResourceID)
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	found, ok, err := r.svc.Provider.FindRefund(ctx, rf.ID)
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	v := verdict{found: ok, result: resultFailed}
+	switch {
+	case ok && found.Status == provider.RefundSucceeded:
+		rf.Status, rf.ProviderRefundID = StatusSucceeded, found.ID
+		v.result = resultSucceeded
+	case ok:
+		return nil, verdict{found: true, unknown: true}, nil
+	default:
+		// The provider has no refund: it never arrived, or was refused
+		// (a refusal makes no refund). Either way nothing was given back.
+		rf.Status, rf.FailureCode = StatusFailed, FailureNoRefund
+	}
+	rf.UpdatedAt = clock.now()
+	resp, err := r.svc.Views.Refund(rf, "reconciler")
+	if err != nil {
+		return nil, verdict{}, err
+	}
+	resp.Final = true
+	return func(ctx context.Context, idleFor time.Duration) (*idempotency.Response, error) {
+		return r.svc.Store.SettleRefund(ctx, c, rf, resp, idleFor)
+	}, v, nil
+}
+
+// Failure codes of work the provider never did: its request was lost
+// before reaching it (or, for a refund, refused).
+const (
+	FailureNoCharge = "no_charge"
+	FailureNoRefund = "no_refund"
+)

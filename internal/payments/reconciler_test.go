@@ -27,17 +27,19 @@ func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Recon
 }
 
 // leftProcessing creates a payment whose outcome the provider left unknown.
-func leftProcessing(t *testing.T, f fixture, key string, amount int64, faults fakeprovider.Faults) payments.Payment {
+func leftProcessing(t *testing.T, f fixture, key string, amount int64, faults fakeprovider.Faults) shown {
 	t.Helper()
 	if err := f.fake.SetFaults(faults); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Create(context.Background(), input(key, amount))
+	res, err := f.create(context.Background(), input(key, amount))
 	if err != nil || res.Payment.Status != payments.StatusProcessing {
 		t.Fatalf("Create = %+v, %v; want processing", res.Payment, err)
 	}
 	f.fake.ResetFaults()
-	time.Sleep(5 * time.Millisecond) // older than After
+	// Stale for the reconciler: its last attempt older than After.
+	waitForDB(t, f.pool, "the attempt to age past After",
+		`SELECT now() - attempted_at > interval '2 milliseconds' FROM idempotency_keys WHERE resource_id = $1`, res.Payment.ID)
 	return res.Payment
 }
 
@@ -57,7 +59,7 @@ func TestReconciler_SettlesAChargeWhoseAnswerWasLost(t *testing.T) {
 	}
 
 	// The client's retry now replays what the reconciler stored: 201.
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || !retry.Replayed || retry.Response.Status != 201 {
 		t.Fatalf("retry = %d replayed=%v, %v; want a 201 replay", retry.Response.Status, retry.Replayed, err)
 	}
@@ -106,7 +108,7 @@ func TestReconciler_FailsAPaymentWithoutChargeOnlyAfterTheGracePeriod(t *testing
 	}
 
 	// The key's answer is final now: a 402 saying nothing was paid.
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || !retry.Replayed || retry.Response.Status != 402 {
 		t.Fatalf("retry = %d replayed=%v, %v; want the stored 402", retry.Response.Status, retry.Replayed, err)
 	}
@@ -148,7 +150,8 @@ func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
 	// Admit runs after the scan and before the lease: the retry's moment.
 	var lookups atomic.Int64
 	f.svc.Provider = &retryArrives{Provider: f.svc.Provider, lookups: &lookups, arrive: func() {
-		if err := f.repo.TakeLease(context.Background(), p.ID, "a retry", time.Minute); err != nil {
+		if _, err := f.pool.Exec(`UPDATE idempotency_keys SET lease_token = 'a retry', lease_expires_at = now() + interval '1 minute'
+			WHERE resource_id = $1 AND (lease_expires_at IS NULL OR lease_expires_at <= now())`, p.ID); err != nil {
 			t.Error(err)
 		}
 	}}
@@ -162,7 +165,7 @@ func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
 		t.Errorf("%d lookups of a payment the reconciler did not hold", n)
 	}
 	var holder string
-	if err := f.pool.QueryRow(`SELECT lease_token FROM payments WHERE id = $1`, p.ID).Scan(&holder); err != nil || holder != "a retry" {
+	if err := f.pool.QueryRow(`SELECT lease_token FROM idempotency_keys WHERE resource_id = $1`, p.ID).Scan(&holder); err != nil || holder != "a retry" {
 		t.Errorf("lease holder %q (%v), want the retry's", holder, err)
 	}
 }

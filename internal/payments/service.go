@@ -9,26 +9,22 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
-	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 )
 
-// Errors callers branch on. The API maps each to one HTTP status.
-var (
-	ErrNotFound    = errors.New("payment not found")
-	ErrBadCursor   = errors.New("starting_after names no payment of this client")
-	ErrKeyReused   = errors.New("idempotency key reused with a different request")
-	ErrInFlight    = errors.New("a request with this idempotency key is in flight")
-	ErrUnavailable = errors.New("a dependency is unavailable")
-)
+// ErrUnavailable: a dependency is unavailable; the request may be retried
+// with the same key.
+var ErrUnavailable = errors.New("a dependency is unavailable")
 
 // Provider is what the service needs of the payment provider. The plain
-// HTTP client satisfies it, and so does the same client wrapped in the
-// resilience layer: the service cannot tell, and should not.
+// HTTP client satisfies it, and so does the same client wrapped in its
+// protections: the service cannot tell, and should not.
 type Provider interface {
 	Charge(ctx context.Context, req provider.ChargeRequest) (provider.Charge, error)
 	FindCharge(ctx context.Context, idempotencyKey string) (provider.Charge, bool, error)
+	Refund(ctx context.Context, req provider.RefundRequest) (provider.Refund, error)
+	FindRefund(ctx context.Context, idempotencyKey string) (provider.Refund, bool, error)
 }
 
 // Admitter is implemented by a Provider that can tell, without calling
@@ -36,126 +32,138 @@ type Provider interface {
 // breaker open).
 type Admitter interface{ Admit() error }
 
-// Response is the answer to a payment request, as the API renders it. The
-// final one (for a charged or failed payment) is stored with the payment
-// and replayed to every retry of its idempotency key, byte for byte.
-type Response struct {
-	Status int
-	Body   []byte
+// Views render the answers to payment and refund requests, as the API
+// shows them: the service stores the final ones with their keys, in the
+// statement that settles them, so a replay is the first answer's bytes.
+// requestID names the request (or reconciler run) that settled it.
+type Views interface {
+	Payment(p Payment, requestID string) (idempotency.Response, error)
+	Refund(r Refund, requestID string) (idempotency.Response, error)
 }
-
-// Renderer renders a payment's response. It is the API's, injected so
-// that the service can store the exact bytes in the same transaction that
-// settles the payment, and the reconciler can settle payments no request
-// is waiting for. requestID identifies the request (or reconciler run)
-// that settled the payment.
-type Renderer func(p Payment, requestID string) (Response, error)
 
 // Config wires a Service.
 type Config struct {
-	Repo     *paymentsdb.Payments
+	Store    Store
 	Provider Provider
-	Render   Renderer
-	// Lease is how long a request may drive a payment before another may
-	// take it over: the time a crashed request holds its key. It must
-	// outlast everything a request can still do: its deadline, plus
-	// SettleTimeout.
+	Views    Views
+	// Lease is the store's lease on a key: what a reconciler's step must
+	// stay within.
 	Lease time.Duration
 	// SettleTimeout is the budget of the writes that record the provider's
 	// answer. The provider call ends this long before the request's
 	// deadline, and the writes get this long of their own, whatever the
 	// deadline or the client does: an answer received is never dropped.
 	SettleTimeout time.Duration
-	Metrics       *resilience.IdempotencyMetrics
 	Log           *slog.Logger
 }
 
-// Service creates, reads and lists payments.
+// Service creates, reads and lists payments and refunds.
 type Service struct {
 	Config
-	newID func() string
+	newID func(prefix string) string
 }
 
 // NewService returns a service.
 func NewService(cfg Config) *Service {
-	return &Service{Config: cfg, newID: newPaymentID}
+	return &Service{Config: cfg, newID: newID}
 }
 
-// CreateInput is a request to create a payment. Create validates it.
-type CreateInput struct {
-	ClientID       string
-	IdempotencyKey string
-	// Fingerprint identifies the request (method, route, client, canonical
-	// body): the same key with another fingerprint is a client bug.
-	Fingerprint string
-	RequestID   string
-	Request     CreateRequest
-}
-
-// Result is the outcome of Create.
-type Result struct {
-	Payment  Payment
-	Response Response
-	// Replayed is true when the response is the one stored for the key by
-	// an earlier request.
-	Replayed bool
-}
-
-// Create validates the request, records the payment and charges it once.
+// Create validates the request, records the payment with its key and
+// charges it once, and returns the answer: 201 charged, 402 declined (both
+// final, stored with the key), 202 with the outcome unknown. A key that
+// names a complete payment answers with its stored response.
 //
-// The key is claimed in Postgres first (paymentsdb.Payments.Claim): a new key
-// inserts the payment under a lease; a processing payment whose lease
-// expired is taken over and driven again with the same provider key; a
-// final payment is replayed; anything else is refused as in flight (409) or
-// as a reused key (422). The response of a charged or declined payment is
-// stored in the transaction that settles it, and is what every retry gets.
-func (s *Service) Create(ctx context.Context, in CreateInput) (Result, error) {
-	if err := in.Request.Validate(); err != nil {
-		return Result{}, err
+// req's key is claimed in the statement that inserts the payment. A
+// payment whose holder gave up or died, its lease expired, is taken over
+// and charged again with the same provider key: it can only meet the
+// original charge.
+func (s *Service) Create(ctx context.Context, req idempotency.Request, body CreateRequest, requestID string) (idempotency.Response, error) {
+	if err := body.Validate(); err != nil {
+		return idempotency.Response{}, err
 	}
-	if err := s.shed(ctx, in); err != nil {
-		return Result{}, err
+	if err := s.shed(ctx, req); err != nil {
+		return idempotency.Response{}, err
 	}
 	// From here on the work must not stop halfway because the client hung
 	// up: it runs to its end or to the request's deadline.
 	work, cancel := detach(ctx)
 	defer cancel()
-	token := newToken()
-	p := paymentsdb.Payment{
-		ID:             s.newID(),
-		ClientID:       in.ClientID,
-		IdempotencyKey: in.IdempotencyKey,
-		Fingerprint:    in.Fingerprint,
-		Amount:         in.Request.Amount,
-		Currency:       in.Request.Currency,
-		Description:    in.Request.Description,
-		Metadata:       in.Request.Metadata,
-	}
-	claim, err := s.Repo.Claim(work, p, token, s.Lease)
+	claimed, err := s.Store.ClaimPayment(work, req, Payment{
+		ID:          s.newID("pay_"),
+		ClientID:    req.Scope,
+		Amount:      body.Amount,
+		Currency:    body.Currency,
+		Status:      StatusProcessing,
+		Description: body.Description,
+		Metadata:    body.Metadata,
+	})
 	if err != nil {
-		// The claim may have committed and only its answer been lost:
-		// undo it, or the key stays blocked behind our lease. Nothing was
-		// sent under this token, so undoing is safe.
-		record, cancel := s.recordBudget(ctx)
-		defer cancel()
-		if uerr := s.Repo.Unclaim(record, p, token); uerr != nil {
-			s.Log.Error("undo a claim whose outcome was lost", "payment_id", p.ID, "err", uerr)
-		}
-		return Result{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		return idempotency.Response{}, s.claimFailed(ctx, claimed.Claim, err)
 	}
-	if !claim.Owned {
-		return s.answerExisting(claim.Payment, in)
+	if claimed.Replay != nil {
+		return *claimed.Replay, nil
 	}
-	s.Metrics.Observe(resilience.OutcomeNew)
-	return s.drive(work, claim, token, in.RequestID)
+	return s.charge(work, claimed.Claim, claimed.Resource, requestID)
 }
 
-// shed refuses a new payment at once while the provider's protections
-// would refuse its charge anyway. Under overload that keeps refusals cheap:
-// one read instead of a claim, a lease and an abandon, each a write. A key
-// that already names a payment goes on (a replay needs no provider; a
-// resumed payment is refused later, keeping its row).
-func (s *Service) shed(ctx context.Context, in CreateInput) error {
+// Refund validates the request, records the refund with its key (its
+// amount reserved on the payment, which must have succeeded and have that
+// much left), refunds it once through the provider, and returns the
+// answer: 201 refunded, 422 refused by the provider (both final), 202 with
+// the outcome unknown.
+func (s *Service) Refund(ctx context.Context, req idempotency.Request, paymentID string, body RefundRequest, requestID string) (idempotency.Response, error) {
+	if err := body.Validate(); err != nil {
+		return idempotency.Response{}, err
+	}
+	if !storable(paymentID) {
+		return idempotency.Response{}, ErrNotFound // no such id can exist; asking would fail
+	}
+	if err := s.shed(ctx, req); err != nil {
+		return idempotency.Response{}, err
+	}
+	work, cancel := detach(ctx)
+	defer cancel()
+	claimed, err := s.Store.ClaimRefund(work, req, Refund{
+		ID:        s.newID("re_"),
+		PaymentID: paymentID,
+		ClientID:  req.Scope,
+		Amount:    body.Amount,
+		Status:    StatusProcessing,
+		Reason:    body.Reason,
+	})
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrNotRefundable), errors.Is(err, ErrRefundTooLarge):
+		return idempotency.Response{}, err // refused, nothing stored
+	case err != nil:
+		return idempotency.Response{}, s.claimFailed(ctx, claimed.Claim, err)
+	case claimed.Replay != nil:
+		return *claimed.Replay, nil
+	}
+	return s.refund(work, claimed.Claim, claimed.Resource, requestID)
+}
+
+// claimFailed answers a failed claim. The claim may have committed and
+// only its answer been lost: then it is undone, or the key would stay
+// blocked behind a lease nobody uses. Nothing was sent under it, so
+// undoing is safe.
+func (s *Service) claimFailed(ctx context.Context, c idempotency.Claim, err error) error {
+	if errors.Is(err, idempotency.ErrInFlight) || errors.Is(err, idempotency.ErrKeyReused) {
+		return err
+	}
+	record, cancel := s.recordBudget(ctx)
+	defer cancel()
+	if uerr := s.Store.Unclaim(record, c); uerr != nil {
+		s.Log.Error("undo a claim whose outcome was lost", "key", c.Key, "err", uerr)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// shed refuses new work at once while the provider's protections would
+// refuse its call anyway. Under overload that keeps refusals cheap: one
+// read instead of a claim and an abandon, each a write. A key that already
+// has a record goes on: a replay needs no provider, and resumed work is
+// refused later, keeping its record.
+func (s *Service) shed(ctx context.Context, req idempotency.Request) error {
 	a, ok := s.Provider.(Admitter)
 	if !ok {
 		return nil
@@ -164,107 +172,118 @@ func (s *Service) shed(ctx context.Context, in CreateInput) error {
 	if refusal == nil {
 		return nil
 	}
-	if _, err := s.Repo.ByKey(ctx, in.ClientID, in.IdempotencyKey); errors.Is(err, paymentsdb.ErrNotFound) {
+	if known, err := s.Store.HasKey(ctx, req); err == nil && !known {
 		return fmt.Errorf("%w: %w", ErrUnavailable, refusal)
 	}
 	return nil
 }
 
-// answerExisting answers a request for a key another request holds or has
-// completed.
-func (s *Service) answerExisting(row paymentsdb.Payment, in CreateInput) (Result, error) {
-	switch {
-	case row.Status == paymentsdb.StatusProcessing && row.LeaseActive:
-		s.Metrics.Observe(resilience.OutcomeInFlight)
-		return Result{}, ErrInFlight
-	case row.Fingerprint != in.Fingerprint:
-		s.Metrics.Observe(resilience.OutcomeMismatch)
-		return Result{}, ErrKeyReused
-	case row.Status == paymentsdb.StatusProcessing:
-		// Its lease expired and another request took it over between our
-		// statements: that one is driving it now.
-		s.Metrics.Observe(resilience.OutcomeInFlight)
-		return Result{}, ErrInFlight
-	}
-	s.Metrics.Observe(resilience.OutcomeReplay)
-	p := fromRow(row)
-	resp := Response{Status: row.ResponseStatus, Body: row.ResponseBody}
-	if len(resp.Body) == 0 { // settled before responses were stored
-		var err error
-		if resp, err = s.Render(p, in.RequestID); err != nil {
-			return Result{}, err
-		}
-	}
-	return Result{Payment: p, Response: resp, Replayed: true}, nil
-}
-
-// drive charges a payment whose lease the caller holds, and settles it.
+// charge charges a payment whose key the caller holds, and settles it.
 //
 // Redis plays no part here. Its in-flight lock only spares Postgres the
-// obvious duplicates; whether this request may charge is the Postgres
-// lease's to say, checked in the statements that write (StartCharge,
-// Settle). A lock Redis lost (a flush, a restart) therefore changes
-// nothing: the request completes, or cleans up, as its lease says.
-func (s *Service) drive(ctx context.Context, claim paymentsdb.Claim, token, requestID string) (Result, error) {
-	row := claim.Payment
-	log := s.Log.With("payment_id", row.ID)
-
-	if err := s.Repo.StartCharge(ctx, row.ID, token, s.Lease); err != nil {
-		if errors.Is(err, paymentsdb.ErrLeaseLost) {
-			return Result{}, ErrInFlight // taken over: another request drives it
-		}
-		// Nothing was sent: free the key rather than strand it behind a
-		// lease nobody uses.
-		return Result{}, s.notSent(ctx, claim, token, err)
-	}
-
+// obvious duplicates; whether this request may act is the Postgres
+// lease's to say, checked in the statement that settles. A lock Redis lost
+// (a flush, a restart) therefore changes nothing.
+func (s *Service) charge(ctx context.Context, c idempotency.Claim, p Payment, requestID string) (idempotency.Response, error) {
+	clock := startClock(c.At)
 	call, cancel := s.callBudget(ctx)
 	ch, err := s.Provider.Charge(call, provider.ChargeRequest{
-		IdempotencyKey: row.ID, // the same on every attempt, by anyone
-		Amount:         row.Amount,
-		Currency:       row.Currency,
-		Reference:      row.ID,
+		IdempotencyKey: p.ID, // the same on every attempt, by anyone
+		Amount:         p.Amount,
+		Currency:       p.Currency,
+		Reference:      p.ID,
 	})
 	cancel()
-	var settle paymentsdb.Settlement
 	switch {
 	case errors.Is(err, provider.ErrNotSent):
-		return Result{}, s.notSent(ctx, claim, token, err)
+		return idempotency.Response{}, s.notSent(ctx, c, err)
 	case err != nil:
 		// It may have charged. The payment stays processing, and the
 		// lease is released so that a retry or the reconciler can settle
 		// it at once: same provider key, so it can only find this charge.
-		log.Warn("provider outcome unknown; payment stays processing", "err", err)
-		return s.processing(ctx, row, token, requestID)
+		s.Log.Warn("provider outcome unknown; payment stays processing", "payment_id", p.ID, "err", err)
+		return s.pending(ctx, c, p, requestID)
 	case ch.Status == provider.ChargeSucceeded:
-		settle = paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: ch.ID}
+		p.Status, p.ProviderChargeID = StatusSucceeded, ch.ID
 	case ch.Status == provider.ChargeDeclined:
-		settle = paymentsdb.Settlement{Status: paymentsdb.StatusFailed, ProviderChargeID: ch.ID, FailureCode: ch.Code}
+		p.Status, p.ProviderChargeID, p.FailureCode = StatusFailed, ch.ID, ch.Code
 	default:
-		log.Error("provider answered an unknown charge status; payment stays processing", "status", ch.Status)
-		return s.processing(ctx, row, token, requestID)
+		s.Log.Error("provider answered an unknown charge status; payment stays processing", "payment_id", p.ID, "status", ch.Status)
+		return s.pending(ctx, c, p, requestID)
 	}
+	p.UpdatedAt = clock.now()
+	resp, err := s.Views.Payment(p, requestID)
+	if err != nil {
+		return idempotency.Response{}, err
+	}
+	resp.Final = true
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	settled, now, err := s.Repo.Settle(record, row.ID, token, settle, s.respond(requestID))
+	stored, err := s.Store.SettlePayment(record, c, p, resp, 0)
 	switch {
-	case errors.Is(err, paymentsdb.ErrLeaseLost):
+	case errors.Is(err, idempotency.ErrLeaseLost):
 		// Our lease was taken over while we were at the provider: the new
 		// holder drives the payment, and meets the same charge.
-		return Result{}, ErrInFlight
+		return idempotency.Response{}, idempotency.ErrInFlight
 	case err != nil:
 		// The provider has answered but we could not record it: the
 		// payment stays processing until a retry or the reconciler.
-		log.Error("record provider answer", "err", err)
-		return s.processing(ctx, row, token, requestID)
+		s.Log.Error("record provider answer", "payment_id", p.ID, "err", err)
+		p.Status, p.ProviderChargeID, p.FailureCode = StatusProcessing, "", ""
+		return s.pending(ctx, c, p, requestID)
+	case stored != nil:
+		// Settled just before by a request that took our lease over: the
+		// stored answer is the answer, and it is the same charge.
+		return *stored, nil
 	}
-	// Settled by us, or just before by a request that took over our
-	// lease and settled it: either way the stored response is the answer.
-	return Result{
-		Payment:  fromRow(settled),
-		Response: Response{Status: settled.ResponseStatus, Body: settled.ResponseBody},
-		Replayed: !now,
-	}, nil
+	return resp, nil
+}
+
+// refund refunds a refund whose key the caller holds, and settles it.
+func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, requestID string) (idempotency.Response, error) {
+	clock := startClock(c.At)
+	call, cancel := s.callBudget(ctx)
+	rf, err := s.Provider.Refund(call, provider.RefundRequest{
+		IdempotencyKey: r.ID, // the same on every attempt, by anyone
+		Charge:         r.ChargeID,
+		Amount:         r.Amount,
+		Reference:      r.ID,
+	})
+	cancel()
+	switch {
+	case errors.Is(err, provider.ErrNotSent):
+		return idempotency.Response{}, s.notSent(ctx, c, err)
+	case err != nil:
+		s.Log.Warn("provider outcome unknown; refund stays processing", "refund_id", r.ID, "err", err)
+		return s.pendingRefund(ctx, c, r, requestID)
+	case rf.Status == provider.RefundSucceeded:
+		r.Status, r.ProviderRefundID = StatusSucceeded, rf.ID
+	case rf.Status == provider.RefundRefused:
+		r.Status, r.FailureCode = StatusFailed, rf.Code
+	default:
+		s.Log.Error("provider answered an unknown refund status; refund stays processing", "refund_id", r.ID, "status", rf.Status)
+		return s.pendingRefund(ctx, c, r, requestID)
+	}
+	r.UpdatedAt = clock.now()
+	resp, err := s.Views.Refund(r, requestID)
+	if err != nil {
+		return idempotency.Response{}, err
+	}
+	resp.Final = true
+	record, cancel := s.recordBudget(ctx)
+	defer cancel()
+	stored, err := s.Store.SettleRefund(record, c, r, resp, 0)
+	switch {
+	case errors.Is(err, idempotency.ErrLeaseLost):
+		return idempotency.Response{}, idempotency.ErrInFlight
+	case err != nil:
+		s.Log.Error("record provider answer", "refund_id", r.ID, "err", err)
+		r.Status, r.ProviderRefundID, r.FailureCode = StatusProcessing, "", ""
+		return s.pendingRefund(ctx, c, r, requestID)
+	case stored != nil:
+		return *stored, nil
+	}
+	return resp, nil
 }
 
 // callBudget returns ctx with its deadline brought forward by
@@ -280,52 +299,50 @@ func (s *Service) callBudget(ctx context.Context) (context.Context, context.Canc
 // recordBudget returns the context of the writes after the provider call:
 // SettleTimeout of its own, which neither ctx's deadline nor its
 // cancellation cuts short. Whatever the call's outcome, the writes that
-// record it (or release the lease) must happen: skipping them drops a
-// charge's answer, or strands the key behind a lease nobody uses.
+// record it (or release the lease) must happen: skipping them drops an
+// answer, or strands the key behind a lease nobody uses.
 func (s *Service) recordBudget(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), s.SettleTimeout)
 }
 
-// notSent handles a charge that never reached the provider (a protection
+// notSent handles a call that never reached the provider (a protection
 // refused it, or the provider was unreachable).
-func (s *Service) notSent(ctx context.Context, claim paymentsdb.Claim, token string, cause error) error {
-	ctx, cancel := s.recordBudget(ctx)
+func (s *Service) notSent(ctx context.Context, c idempotency.Claim, cause error) error {
+	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	if claim.Created {
+	if c.New {
 		// Never sent, and created by this very request: nothing can have
-		// been charged under this payment id. Forget it, so the client's
-		// retry starts afresh.
-		if err := s.Repo.Abandon(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
-			s.Log.Error("abandon unsent payment", "payment_id", claim.Payment.ID, "err", err)
+		// happened under this id. Forget it, so the client's retry
+		// starts afresh.
+		if err := s.Store.Abandon(record, c); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
+			s.Log.Error("abandon unsent work", "key", c.Key, "err", err)
 		}
-	} else if err := s.Repo.ReleaseLease(ctx, claim.Payment.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
-		// Resumed: an earlier attempt may have charged. Keep it.
-		s.Log.Error("release lease", "payment_id", claim.Payment.ID, "err", err)
+	} else if err := s.Store.Release(record, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
+		// Resumed: an earlier attempt may have reached the provider. Keep it.
+		s.Log.Error("release lease", "key", c.Key, "err", err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, cause)
 }
 
-// processing answers with the payment still processing (202), and
-// releases its lease.
-func (s *Service) processing(ctx context.Context, row paymentsdb.Payment, token, requestID string) (Result, error) {
-	record, cancel := s.recordBudget(ctx)
-	defer cancel()
-	if err := s.Repo.ReleaseLease(record, row.ID, token); err != nil && !errors.Is(err, paymentsdb.ErrLeaseLost) {
-		s.Log.Error("release lease", "payment_id", row.ID, "err", err)
-	}
-	p := fromRow(row)
-	resp, err := s.Render(p, requestID)
-	if err != nil {
-		return Result{}, err
-	}
-	return Result{Payment: p, Response: resp}, nil
+// pending answers with the payment still processing (202), and releases
+// its lease.
+func (s *Service) pending(ctx context.Context, c idempotency.Claim, p Payment, requestID string) (idempotency.Response, error) {
+	s.release(ctx, c)
+	return s.Views.Payment(p, requestID)
 }
 
-// respond renders the response stored with a settled payment.
-func (s *Service) respond(requestID string) paymentsdb.Respond {
-	return func(settled paymentsdb.Payment) (int, []byte, error) {
-		r, err := s.Render(fromRow(settled), requestID)
-		return r.Status, r.Body, err
+// pendingRefund answers with the refund still processing (202), and
+// releases its lease.
+func (s *Service) pendingRefund(ctx context.Context, c idempotency.Claim, r Refund, requestID string) (idempotency.Response, error) {
+	s.release(ctx, c)
+	return s.Views.Refund(r, requestID)
+}
+
+func (s *Service) release(ctx context.Context, c idempotency.Claim) {
+	record, cancel := s.recordBudget(ctx)
+	defer cancel()
+	if err := s.Store.Release(record, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
+		s.Log.Error("release lease", "key", c.Key, "err", err)
 	}
 }
 
@@ -334,14 +351,11 @@ func (s *Service) Get(ctx context.Context, clientID, id string) (Payment, error)
 	if !storable(id) {
 		return Payment{}, ErrNotFound // no such id can exist; asking would fail
 	}
-	row, err := s.Repo.Get(ctx, clientID, id)
-	switch {
-	case errors.Is(err, paymentsdb.ErrNotFound):
-		return Payment{}, ErrNotFound
-	case err != nil:
+	p, err := s.Store.Payment(ctx, clientID, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return Payment{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	return fromRow(row), nil
+	return p, err
 }
 
 // Page is one page of a list.
@@ -355,18 +369,26 @@ func (s *Service) List(ctx context.Context, clientID string, limit int, starting
 	if !storable(startingAfter) {
 		return Page{}, ErrBadCursor
 	}
-	rows, hasMore, err := s.Repo.List(ctx, clientID, limit, startingAfter)
+	payments, hasMore, err := s.Store.Payments(ctx, clientID, limit, startingAfter)
 	switch {
-	case errors.Is(err, paymentsdb.ErrCursorNotFound):
-		return Page{}, ErrBadCursor
+	case errors.Is(err, ErrBadCursor):
+		return Page{}, err
 	case err != nil:
 		return Page{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	page := Page{Payments: make([]Payment, len(rows)), HasMore: hasMore}
-	for i, row := range rows {
-		page.Payments[i] = fromRow(row)
+	return Page{Payments: payments, HasMore: hasMore}, nil
+}
+
+// Refunds lists the refunds of the client's payment, newest first.
+func (s *Service) Refunds(ctx context.Context, clientID, paymentID string) ([]Refund, error) {
+	if !storable(paymentID) {
+		return nil, ErrNotFound
 	}
-	return page, nil
+	refunds, err := s.Store.Refunds(ctx, clientID, paymentID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return refunds, err
 }
 
 // detach keeps ctx's deadline and values but not its cancellation. Once a
@@ -380,28 +402,26 @@ func detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithCancel(detached)
 }
 
-func fromRow(r paymentsdb.Payment) Payment {
-	return Payment{
-		ID:               r.ID,
-		ClientID:         r.ClientID,
-		Amount:           r.Amount,
-		Currency:         r.Currency,
-		Status:           Status(r.Status),
-		Description:      r.Description,
-		Metadata:         r.Metadata,
-		ProviderChargeID: r.ProviderChargeID,
-		FailureCode:      r.FailureCode,
-		CreatedAt:        r.CreatedAt,
-		UpdatedAt:        r.UpdatedAt,
-	}
+// dbClock tells the database's time from a reading of it and the
+// monotonic clock since: the times a holder writes (updated_at) are then
+// on the same clock as those the database wrote (created_at), whatever
+// this machine's wall clock says, and are known before the statement
+// that writes them, to render the answer stored with it.
+type dbClock struct {
+	at    time.Time // the database's time, read at local
+	local time.Time
 }
 
-// newPaymentID returns "pay_" and 128 random bits in hex.
-func newPaymentID() string { return "pay_" + newToken() }
+func startClock(at time.Time) dbClock { return dbClock{at: at, local: time.Now()} }
 
-// newToken returns 128 random bits in hex: lease tokens and ids.
-func newToken() string {
+// now returns the database's time now, to the microsecond it stores.
+func (c dbClock) now() time.Time {
+	return c.at.Add(time.Since(c.local)).Truncate(time.Microsecond)
+}
+
+// newID returns prefix and 128 random bits in hex: payment and refund ids.
+func newID(prefix string) string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return hex.EncodeToString(b)
+	return prefix + hex.EncodeToString(b)
 }

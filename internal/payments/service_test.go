@@ -3,7 +3,9 @@ package payments_test
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -21,26 +23,27 @@ import (
 	"github.com/resiliencekit/payservice/internal/payments/paymentsapi"
 	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
 	"github.com/resiliencekit/payservice/internal/payments/provider"
-	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 type fixture struct {
-	svc  *payments.Service
-	fake *fakeprovider.Provider
-	repo *paymentsdb.Payments
-	pool *sql.DB // for tests that play time forward (expire a lease)
-	spy  *testenv.SQLSpy
-	reg  *prometheus.Registry
+	svc   *payments.Service
+	store *paymentsdb.Store
+	fake  *fakeprovider.Provider
+	url   string  // the provider's
+	pool  *sql.DB // for tests that play time forward (expire a lease)
+	spy   *testenv.SQLSpy
+	reg   *prometheus.Registry
 }
 
 // newFixture wires the service to a fresh database and an in-process fake
 // provider reached over real HTTP.
 func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) fixture {
 	t.Helper()
-	pool, spy := testenv.OpenSpied(t, testenv.NewDatabase(t, paymentsdb.Migrations))
+	pool, spy := testenv.OpenSpied(t, testenv.NewDatabase(t, idempotency.Migrations, paymentsdb.Migrations))
 	var fake *fakeprovider.Provider
 	if providerURL == "" {
 		fake, providerURL = fakeprovider.Start(t)
@@ -49,37 +52,84 @@ func newFixture(t *testing.T, providerURL string, attemptTimeout time.Duration) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo := paymentsdb.NewPayments(pool, nil)
 	reg := prometheus.NewRegistry()
-	metrics, err := resilience.NewIdempotencyMetrics(reg)
+	metrics, err := idempotency.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	store := paymentsdb.New(pool, nil, &idempotency.Keys{Lease: time.Minute, Metrics: metrics})
 	svc := payments.NewService(payments.Config{
-		Repo:          repo,
+		Store:         store,
 		Provider:      client,
-		Render:        paymentsapi.Renderer("https://payservice.example/problems/"),
+		Views:         paymentsapi.Views{ProblemTypes: "https://payservice.example/problems/"},
 		Lease:         time.Minute,
 		SettleTimeout: time.Second,
-		Metrics:       metrics,
 		Log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	return fixture{svc: svc, fake: fake, repo: repo, pool: pool, spy: spy, reg: reg}
+	return fixture{svc: svc, store: store, fake: fake, url: providerURL, pool: pool, spy: spy, reg: reg}
 }
 
-func input(key string, amount int64) payments.CreateInput {
-	return payments.CreateInput{
-		ClientID:       "client_a",
-		IdempotencyKey: key,
-		Fingerprint:    "fp-" + key,
-		Request:        payments.CreateRequest{Amount: amount, Currency: "USD"},
+// in is a payment request with its key, as the API hands it over.
+type in struct {
+	req  idempotency.Request
+	body payments.CreateRequest
+}
+
+func input(key string, amount int64) in {
+	return in{
+		req:  idempotency.Request{Scope: "client_a", Key: key, Fingerprint: "fp-" + key},
+		body: payments.CreateRequest{Amount: amount, Currency: "USD"},
 	}
+}
+
+// shown is a payment as an answer shows it.
+type shown struct {
+	ID               string          `json:"id"`
+	Status           payments.Status `json:"status"`
+	Currency         string          `json:"currency"`
+	ProviderChargeID string          `json:"provider_charge_id"`
+	FailureCode      string          `json:"failure_code"`
+}
+
+// result is Create's answer, with the payment it shows.
+type result struct {
+	Response idempotency.Response
+	Payment  shown
+	Replayed bool
+}
+
+func (f fixture) create(ctx context.Context, i in) (result, error) {
+	resp, err := f.svc.Create(ctx, i.req, i.body, "req")
+	if err != nil {
+		return result{}, err
+	}
+	res := result{Response: resp, Replayed: resp.Replayed}
+	// A 402 shows the payment inside its problem.
+	var problem struct {
+		Payment *shown `json:"payment"`
+	}
+	if err := json.Unmarshal(resp.Body, &problem); err == nil && problem.Payment != nil {
+		res.Payment = *problem.Payment
+	} else if err := json.Unmarshal(resp.Body, &res.Payment); err != nil {
+		return result{}, fmt.Errorf("answer %s: %w", resp.Body, err)
+	}
+	return res, nil
+}
+
+// hasKey reports whether the client's key has a record.
+func (f fixture) hasKey(t *testing.T, key string) bool {
+	t.Helper()
+	has, err := f.store.HasKey(context.Background(), idempotency.Request{Scope: "client_a", Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return has
 }
 
 func TestCreate_ChargesOnceAndReplays(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	ctx := context.Background()
-	first, err := f.svc.Create(ctx, input("k1", 1000))
+	first, err := f.create(ctx, input("k1", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +137,7 @@ func TestCreate_ChargesOnceAndReplays(t *testing.T) {
 	if p.Status != payments.StatusSucceeded || p.ProviderChargeID == "" || p.Currency != "usd" || first.Replayed {
 		t.Fatalf("first Create = %+v", first)
 	}
-	again, err := f.svc.Create(ctx, input("k1", 1000))
+	again, err := f.create(ctx, input("k1", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,7 +173,7 @@ func TestCreate_ConcurrentDuplicatesChargeOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range n {
 		wg.Go(func() {
-			res, err := f.svc.Create(context.Background(), input("dup", 1000))
+			res, err := f.create(context.Background(), input("dup", 1000))
 			if err != nil {
 				errs <- err
 				return
@@ -133,7 +183,7 @@ func TestCreate_ConcurrentDuplicatesChargeOnce(t *testing.T) {
 	}
 	<-held
 	for range n - 1 {
-		if err := <-errs; !errors.Is(err, payments.ErrInFlight) {
+		if err := <-errs; !errors.Is(err, idempotency.ErrInFlight) {
 			t.Errorf("a duplicate while the first was in flight: %v, want ErrInFlight", err)
 		}
 	}
@@ -153,7 +203,7 @@ func TestCreate_ConcurrentDuplicatesChargeOnce(t *testing.T) {
 
 func TestCreate_DeclineFailsThePayment(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
-	res, err := f.svc.Create(context.Background(), input("k", 402))
+	res, err := f.create(context.Background(), input("k", 402))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +217,7 @@ func TestCreate_UnknownOutcomeLeavesProcessing(t *testing.T) {
 	if err := f.fake.SetFaults(fakeprovider.Faults{ChargeThenErrorRate: 1}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := f.svc.Create(context.Background(), input("k", 1000))
+	res, err := f.create(context.Background(), input("k", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +232,7 @@ func TestCreate_UnknownOutcomeLeavesProcessing(t *testing.T) {
 	// A retry with the same key drives the provider again, with the same
 	// provider key, and answers with the settled result: one charge.
 	f.fake.ResetFaults()
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +253,7 @@ func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
 	down := "http://" + ln.Addr().String()
 	ln.Close()
 	f := newFixture(t, down, time.Second)
-	_, err = f.svc.Create(context.Background(), input("k", 1000))
+	_, err = f.create(context.Background(), input("k", 1000))
 	if !errors.Is(err, payments.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
@@ -220,7 +270,7 @@ func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.svc.Provider = client
-	retry, err := f.svc.Create(context.Background(), input("k", 1000))
+	retry, err := f.create(context.Background(), input("k", 1000))
 	if err != nil || retry.Replayed || retry.Response.Status != 201 {
 		t.Fatalf("the key after the unsent charge: %d replayed=%v (%v); want a fresh 201", retry.Response.Status, retry.Replayed, err)
 	}
@@ -232,12 +282,12 @@ func TestCreate_UnsentChargeFreesTheKey(t *testing.T) {
 func TestCreate_KeyReusedForAnotherRequest(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	ctx := context.Background()
-	if _, err := f.svc.Create(ctx, input("k", 1000)); err != nil {
+	if _, err := f.create(ctx, input("k", 1000)); err != nil {
 		t.Fatal(err)
 	}
 	other := input("k", 2000)
-	other.Fingerprint = "another request"
-	if _, err := f.svc.Create(ctx, other); !errors.Is(err, payments.ErrKeyReused) {
+	other.req.Fingerprint = "another request"
+	if _, err := f.create(ctx, other); !errors.Is(err, idempotency.ErrKeyReused) {
 		t.Fatalf("err = %v, want ErrKeyReused", err)
 	}
 	if n := len(f.fake.Charges()); n != 1 {
@@ -249,11 +299,11 @@ func TestCreate_InvalidRequestWritesNothing(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	bad := input("k", 0)
 	var verr *payments.ValidationError
-	if _, err := f.svc.Create(context.Background(), bad); !errors.As(err, &verr) {
+	if _, err := f.create(context.Background(), bad); !errors.As(err, &verr) {
 		t.Fatalf("err = %v, want a ValidationError", err)
 	}
-	if _, err := f.repo.ByKey(context.Background(), "client_a", "k"); !errors.Is(err, paymentsdb.ErrNotFound) {
-		t.Errorf("an invalid request was stored: %v", err)
+	if f.hasKey(t, "k") {
+		t.Error("an invalid request was stored")
 	}
 	if n := len(f.fake.Charges()); n != 0 {
 		t.Errorf("an invalid request reached the provider")
@@ -264,9 +314,9 @@ func TestCreate_TextPostgresCannotStoreIsInvalidNotUnavailable(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	ctx := context.Background()
 	nul := input("k", 1000)
-	nul.Request.Metadata = payments.Metadata{"k": "a\x00b"}
+	nul.body.Metadata = payments.Metadata{"k": "a\x00b"}
 	var verr *payments.ValidationError
-	if _, err := f.svc.Create(ctx, nul); !errors.As(err, &verr) {
+	if _, err := f.create(ctx, nul); !errors.As(err, &verr) {
 		t.Fatalf("metadata with NUL: %v, want a ValidationError (the insert would fail forever)", err)
 	}
 	// Ids and cursors no payment can have are answered without asking.
@@ -295,7 +345,7 @@ func TestCreate_ClientHangingUpDoesNotAbandonTheCharge(t *testing.T) {
 	t.Cleanup(srv.Close)
 	f := newFixture(t, srv.URL, 5*time.Second)
 
-	res, err := f.svc.Create(ctx, input("k", 1000))
+	res, err := f.create(ctx, input("k", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,19 +366,19 @@ func (refusing) Admit() error { return errors.New("bulkhead full") }
 func TestCreate_ShedsNewPaymentsBeforeWritingWhileTheProviderRefuses(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	ctx := context.Background()
-	done, err := f.svc.Create(ctx, input("done", 1000))
+	done, err := f.create(ctx, input("done", 1000))
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.svc.Provider = refusing{f.svc.Provider}
 
-	if _, err := f.svc.Create(ctx, input("new", 1000)); !errors.Is(err, payments.ErrUnavailable) {
+	if _, err := f.create(ctx, input("new", 1000)); !errors.Is(err, payments.ErrUnavailable) {
 		t.Fatalf("a new payment while refusing: %v, want ErrUnavailable", err)
 	}
-	if _, err := f.repo.ByKey(ctx, "client_a", "new"); !errors.Is(err, paymentsdb.ErrNotFound) {
-		t.Errorf("a shed payment was written: %v", err)
+	if f.hasKey(t, "new") {
+		t.Error("a shed payment was written")
 	}
-	replay, err := f.svc.Create(ctx, input("done", 1000))
+	replay, err := f.create(ctx, input("done", 1000))
 	if err != nil || !replay.Replayed || string(replay.Response.Body) != string(done.Response.Body) {
 		t.Errorf("a replay while refusing: %+v, %v; want the stored answer", replay, err)
 	}

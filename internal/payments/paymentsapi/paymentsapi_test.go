@@ -20,47 +20,54 @@ import (
 
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/platform/health"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/web"
 )
 
-// recordingService is a PaymentService that records what reaches it. Its
-// Create validates like the real service and then succeeds, so a test can
-// tell "rejected before the service" from "rejected by validation".
-type recordingService struct {
-	mu      sync.Mutex
-	creates []payments.CreateInput
-	written []payments.CreateInput // creates that passed validation: what would be stored
-	err     error                  // returned by every call when set
-	result  payments.Result
+// created is a create request as it reached the service.
+type created struct {
+	req       idempotency.Request
+	body      payments.CreateRequest
+	requestID string
 }
 
-func (s *recordingService) Create(_ context.Context, in payments.CreateInput) (payments.Result, error) {
+// recordingService is a Service that records what reaches it, and
+// answers like the real one would: a payment rendered by the API's Views.
+type recordingService struct {
+	mu      sync.Mutex
+	written []created
+	err     error // returned by every call when set
+	payment payments.Payment
+	replay  bool
+}
+
+func (s *recordingService) Create(_ context.Context, req idempotency.Request, body payments.CreateRequest, requestID string) (idempotency.Response, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.creates = append(s.creates, in)
-	if err := in.Request.Validate(); err != nil {
-		return payments.Result{}, err
-	}
 	if s.err != nil {
-		return payments.Result{}, s.err
+		return idempotency.Response{}, s.err
 	}
-	s.written = append(s.written, in)
-	res := s.result
-	if res.Payment.ID == "" {
-		res.Payment = payments.Payment{
-			ID: "pay_1", ClientID: in.ClientID, Amount: in.Request.Amount, Currency: in.Request.Currency,
-			Status: payments.StatusSucceeded, ProviderChargeID: "ch_1", Metadata: in.Request.Metadata,
+	s.written = append(s.written, created{req, body, requestID})
+	p := s.payment
+	if p.ID == "" {
+		p = payments.Payment{
+			ID: "pay_1", ClientID: req.Scope, Amount: body.Amount, Currency: body.Currency,
+			Status: payments.StatusSucceeded, ProviderChargeID: "ch_1", Metadata: body.Metadata,
 			CreatedAt: time.Unix(0, 0), UpdatedAt: time.Unix(0, 0),
 		}
 	}
-	// Rendered as the real service does, with the API's renderer.
-	resp, err := Renderer(testProblemTypes)(res.Payment, in.RequestID)
-	if err != nil {
-		return payments.Result{}, err
-	}
-	res.Response = resp
-	return res, nil
+	resp, err := Views{ProblemTypes: testProblemTypes}.Payment(p, requestID)
+	resp.Replayed = s.replay
+	return resp, err
+}
+
+func (s *recordingService) Refund(context.Context, idempotency.Request, string, payments.RefundRequest, string) (idempotency.Response, error) {
+	return idempotency.Response{}, errors.New("not used")
+}
+
+func (s *recordingService) Refunds(context.Context, string, string) ([]payments.Refund, error) {
+	return nil, errors.New("not used")
 }
 
 func (s *recordingService) Get(_ context.Context, clientID, id string) (payments.Payment, error) {
@@ -87,7 +94,7 @@ func (unlimited) Allow(string) resilience.Decision {
 	return resilience.Decision{Allowed: true, Limit: 1000, Remaining: 999}
 }
 
-func newTestHandler(t *testing.T, svc PaymentService) http.Handler {
+func newTestHandler(t *testing.T, svc Service) http.Handler {
 	t.Helper()
 	return newLimitedHandler(t, svc, unlimited{}, unlimited{})
 }
@@ -95,12 +102,21 @@ func newTestHandler(t *testing.T, svc PaymentService) http.Handler {
 // testProblemTypes prefixes the problem types the test router writes.
 const testProblemTypes = "https://payservice.example/problems/"
 
-func newLimitedHandler(t *testing.T, svc PaymentService, clients, anonymous web.RateLimiter) http.Handler {
+func newLimitedHandler(t *testing.T, svc Service, clients, anonymous web.RateLimiter) http.Handler {
 	t.Helper()
 	return newRouter(t, svc, clients, anonymous, slog.New(slog.NewTextHandler(io.Discard, nil)), func() bool { return true })
 }
 
-func newRouter(t *testing.T, svc PaymentService, clients, anonymous web.RateLimiter, log *slog.Logger, ready func() bool) http.Handler {
+func idemMetrics(t *testing.T) *idempotency.Metrics {
+	t.Helper()
+	m, err := idempotency.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func newRouter(t *testing.T, svc Service, clients, anonymous web.RateLimiter, log *slog.Logger, ready func() bool) http.Handler {
 	t.Helper()
 	h := health.New(time.Second, slog.New(slog.DiscardHandler))
 	return web.NewRouter(web.RouterConfig{
@@ -114,7 +130,7 @@ func newRouter(t *testing.T, svc PaymentService, clients, anonymous web.RateLimi
 		Metrics:        prometheus.NewRegistry(),
 		RequestTimeout: 5 * time.Second,
 		ProblemTypes:   testProblemTypes,
-	}, Routes(Config{Service: svc, Log: log, ProblemTypes: testProblemTypes}))
+	}, Routes(Config{Service: svc, Guard: &idempotency.Guard{Metrics: idemMetrics(t), Log: log}, Log: log}))
 }
 
 const validBody = `{"amount":1000,"currency":"USD","description":"tea","metadata":{"order":"42"}}`
@@ -234,10 +250,7 @@ func TestCreatePayment_RejectsBadInputWithoutWriting(t *testing.T) {
 				t.Errorf("detail %q, want it to mention %q", p.Detail, tt.wantDetail)
 			}
 			if len(svc.written) != 0 {
-				t.Errorf("a rejected request reached storage: %+v", svc.written)
-			}
-			if tt.wantStatus != 422 && len(svc.creates) != 0 {
-				t.Errorf("a %d request reached the service", tt.wantStatus)
+				t.Errorf("a rejected request reached the service: %+v", svc.written)
 			}
 			if tt.wantStatus == 401 && rec.Header().Get("WWW-Authenticate") == "" {
 				t.Error("401 without WWW-Authenticate")
@@ -298,7 +311,7 @@ func TestCreatePayment_Succeeds(t *testing.T) {
 		t.Fatalf("service got %d creates", len(svc.written))
 	}
 	in := svc.written[0]
-	if in.ClientID != "client_a" || in.IdempotencyKey != "order-42" || in.Request.Currency != "usd" || in.Fingerprint == "" {
+	if in.req.Scope != "client_a" || in.req.Key != "order-42" || in.body.Currency != "usd" || in.req.Fingerprint == "" || in.requestID != "trace-123" {
 		t.Errorf("service input %+v", in)
 	}
 }
@@ -319,7 +332,7 @@ func TestCreatePayment_FingerprintIgnoresKeyOrderAndWhitespace(t *testing.T) {
 	if len(svc.written) != 4 {
 		t.Fatalf("%d creates, want 4", len(svc.written))
 	}
-	fp := func(i int) string { return svc.written[i].Fingerprint }
+	fp := func(i int) string { return svc.written[i].req.Fingerprint }
 	if fp(0) != fp(1) {
 		t.Error("same request, reordered and re-spaced: fingerprints differ")
 	}
@@ -337,27 +350,28 @@ func TestCreatePayment_OutcomesMapToStatuses(t *testing.T) {
 	succeeded := payments.Payment{ID: "pay_s", Status: payments.StatusSucceeded, ProviderChargeID: "ch_s"}
 	tests := []struct {
 		name         string
-		result       payments.Result
+		payment      payments.Payment
+		replay       bool
 		err          error
 		wantStatus   int
 		wantReplayed bool
 		wantRetry    bool
 	}{
-		{"charged", payments.Result{Payment: succeeded}, nil, 201, false, false},
-		{"declined", payments.Result{Payment: declined}, nil, 402, false, false},
-		{"unknown outcome", payments.Result{Payment: processing}, nil, 202, false, false},
-		{"replay of a charge", payments.Result{Payment: succeeded, Replayed: true}, nil, 201, true, false},
-		{"replay of a decline", payments.Result{Payment: declined, Replayed: true}, nil, 402, true, false},
-		{"key reused", payments.Result{}, payments.ErrKeyReused, 422, false, false},
-		{"in flight", payments.Result{}, payments.ErrInFlight, 409, false, true},
-		{"dependency down", payments.Result{}, fmt.Errorf("%w: db gone", payments.ErrUnavailable), 503, false, true},
-		{"deadline", payments.Result{}, context.DeadlineExceeded, 503, false, true},
-		{"bug", payments.Result{}, errors.New("boom"), 500, false, false},
+		{"charged", succeeded, false, nil, 201, false, false},
+		{"declined", declined, false, nil, 402, false, false},
+		{"unknown outcome", processing, false, nil, 202, false, false},
+		{"replay of a charge", succeeded, true, nil, 201, true, false},
+		{"replay of a decline", declined, true, nil, 402, true, false},
+		{"key reused", payments.Payment{}, false, idempotency.ErrKeyReused, 422, false, false},
+		{"in flight", payments.Payment{}, false, idempotency.ErrInFlight, 409, false, true},
+		{"dependency down", payments.Payment{}, false, fmt.Errorf("%w: db gone", payments.ErrUnavailable), 503, false, true},
+		{"deadline", payments.Payment{}, false, context.DeadlineExceeded, 503, false, true},
+		{"bug", payments.Payment{}, false, errors.New("boom"), 500, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			newTestHandler(t, &recordingService{result: tt.result, err: tt.err}).ServeHTTP(rec, postPayment(validBody, nil))
+			newTestHandler(t, &recordingService{payment: tt.payment, replay: tt.replay, err: tt.err}).ServeHTTP(rec, postPayment(validBody, nil))
 			if rec.Code != tt.wantStatus {
 				t.Fatalf("status %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
 			}
@@ -511,8 +525,8 @@ func TestRateLimit_ClientOverItsLimitGets429WithHeaders(t *testing.T) {
 	if got := rec.Header().Get("Retry-After"); got != "10" { // one token at 0.1/s
 		t.Errorf("Retry-After %q, want 10", got)
 	}
-	if len(svc.creates) != 2 {
-		t.Errorf("the limited request reached the service (%d creates)", len(svc.creates))
+	if len(svc.written) != 2 {
+		t.Errorf("the limited request reached the service (%d creates)", len(svc.written))
 	}
 
 	// Another client is not affected.

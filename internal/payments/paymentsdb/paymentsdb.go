@@ -1,5 +1,12 @@
-// Package paymentsdb stores payments in Postgres: the payments table, its
-// migrations, and the statements that keep a payment charged at most once.
+// Package paymentsdb stores payments and refunds in Postgres: their
+// tables, their migrations, and the statements that keep each made at most
+// once. It implements payments.Store.
+//
+// A key's record (the platform's idempotency.Keys) is written in the same
+// statement or transaction as the row its work makes or settles, so the
+// two commit together: a new payment is one statement (its key claimed and
+// its row inserted), and settling it one more. Refunds take a transaction
+// each, as their amount is reserved on the payment under its row lock.
 package paymentsdb
 
 import (
@@ -12,6 +19,8 @@ import (
 	"io/fs"
 	"time"
 
+	"github.com/resiliencekit/payservice/internal/payments"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
@@ -19,7 +28,8 @@ import (
 var migrationFiles embed.FS
 
 // Migrations is the payments schema. It keeps goose's default version
-// table, which it has used since its first migration.
+// table, which it has used since its first migration; it needs
+// idempotency.Migrations applied first.
 var Migrations = postgres.Migrations{Files: mustSub(migrationFiles, "migrations"), Table: postgres.DefaultTable}
 
 func mustSub(fsys fs.FS, dir string) fs.FS {
@@ -30,280 +40,287 @@ func mustSub(fsys fs.FS, dir string) fs.FS {
 	return sub
 }
 
-// Sentinel errors callers branch on.
-var (
-	ErrNotFound       = errors.New("payment not found")
-	ErrCursorNotFound = errors.New("cursor payment not found")
-	// ErrLeaseLost: the lease named by a token has expired and been taken
-	// over; the payment is someone else's to drive now.
-	ErrLeaseLost = errors.New("payment lease lost")
-	// ErrAttemptTooRecent: a settlement that rests on the provider having
-	// no charge was refused, because a charge was attempted too recently
-	// for that absence to be final.
-	ErrAttemptTooRecent = errors.New("charge attempted too recently")
-)
-
-// Payment statuses as stored. The payments package owns their meaning.
-const (
-	StatusProcessing = "processing"
-	StatusSucceeded  = "succeeded"
-	StatusFailed     = "failed"
-)
-
-// Payment is one row of the payments table.
-type Payment struct {
-	ID               string
-	ClientID         string
-	IdempotencyKey   string
-	Fingerprint      string
-	Amount           int64
-	Currency         string
-	Description      string
-	Metadata         map[string]string
-	Status           string
-	ProviderChargeID string // empty until the provider answered
-	FailureCode      string // empty unless failed
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
-
-	ResponseStatus int    // the stored final response; 0 while processing
-	ResponseBody   []byte // (or for payments settled before migration 2)
-	LeaseActive    bool   // someone holds an unexpired lease on it
-}
-
-// Payments is the repository of payments. Reads that may be slightly stale
-// go to the replica when one is configured; everything else goes to the
-// primary.
-type Payments struct {
+// Store is payments.Store on Postgres. Reads that may be slightly stale go
+// to the replica when there is one; everything else to the primary.
+type Store struct {
 	primary *sql.DB
 	replica *sql.DB
+	keys    *idempotency.Keys
 }
 
-// NewPayments returns a repository over primary, reading from replica when
-// it is not nil.
-func NewPayments(primary, replica *sql.DB) *Payments {
+var _ payments.Store = (*Store)(nil)
+
+// New returns a store over primary, reading from replica when it is not
+// nil, with keys' records in the same database.
+func New(primary, replica *sql.DB, keys *idempotency.Keys) *Store {
 	if replica == nil {
 		replica = primary
 	}
-	return &Payments{primary: primary, replica: replica}
+	return &Store{primary: primary, replica: replica, keys: keys}
 }
 
-const paymentColumns = `id, client_id, idempotency_key, request_fingerprint, amount, currency,
-	description, metadata, status, coalesce(provider_charge_id, ''), coalesce(failure_code, ''),
-	created_at, updated_at, coalesce(response_status, 0), response_body,
-	coalesce(lease_expires_at > now(), false)`
+const paymentColumns = `id, client_id, amount, currency, description, metadata, status,
+	coalesce(provider_charge_id, ''), coalesce(failure_code, ''), amount_refunded, created_at, updated_at`
 
-// Claim is the outcome of Payments.Claim.
-type Claim struct {
-	Payment Payment
-	// Owned: the caller holds the payment's lease and must drive it: call
-	// the provider, then settle, release or abandon it.
-	Owned bool
-	// Created: the caller inserted the payment (it is Owned too).
-	Created bool
+// scanner is what *sql.Row and *sql.Rows have in common.
+type scanner interface{ Scan(dest ...any) error }
+
+func scanPayment(s scanner) (payments.Payment, error) {
+	var (
+		p        payments.Payment
+		metadata []byte
+	)
+	err := s.Scan(&p.ID, &p.ClientID, &p.Amount, &p.Currency, &p.Description, &metadata, &p.Status,
+		&p.ProviderChargeID, &p.FailureCode, &p.AmountRefunded, &p.CreatedAt, &p.UpdatedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return payments.Payment{}, payments.ErrNotFound
+	}
+	if err != nil {
+		return payments.Payment{}, err
+	}
+	if err := json.Unmarshal(metadata, &p.Metadata); err != nil {
+		return payments.Payment{}, fmt.Errorf("decode metadata of payment %s: %w", p.ID, err)
+	}
+	return p, nil
 }
 
-// Claim takes an idempotency key for a request, atomically, in one of
-// three ways:
-//
-//   - the key is new: p is inserted, processing, under a lease for token;
-//   - the key names a processing payment of the same request whose lease
-//     has expired (its driver gave up or died): the lease is taken over,
-//     and the caller resumes it;
-//   - otherwise the payment is returned as it is, not owned, for the
-//     caller to replay, or refuse as in flight or as a reused key.
-//
-// Of any number of concurrent claims on one key, at most one owns it.
-func (r *Payments) Claim(ctx context.Context, p Payment, token string, lease time.Duration) (Claim, error) {
+// ClaimPayment claims req's key and inserts p, in one statement.
+func (s *Store) ClaimPayment(ctx context.Context, req idempotency.Request, p payments.Payment) (payments.Claimed[payments.Payment], error) {
 	metadata, err := json.Marshal(p.Metadata)
 	if err != nil {
-		return Claim{}, fmt.Errorf("encode metadata of payment %s: %w", p.ID, err)
+		return payments.Claimed[payments.Payment]{}, fmt.Errorf("encode metadata of payment %s: %w", p.ID, err)
 	}
-	// A payment abandoned between our statements frees its key: try again.
-	for range 3 {
-		created, err := scanPayment(r.primary.QueryRowContext(ctx, `
-			INSERT INTO payments (id, client_id, idempotency_key, request_fingerprint, amount, currency,
-				description, metadata, status, lease_token, lease_expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'processing', $9, now() + $10 * interval '1 millisecond')
-			ON CONFLICT (client_id, idempotency_key) DO NOTHING
-			RETURNING `+paymentColumns,
-			p.ID, p.ClientID, p.IdempotencyKey, p.Fingerprint, p.Amount, p.Currency, p.Description, metadata,
-			token, lease.Milliseconds()))
-		if err == nil {
-			return Claim{Payment: created, Owned: true, Created: true}, nil
-		}
-		if !errors.Is(err, ErrNotFound) {
-			return Claim{}, fmt.Errorf("insert payment for key %q: %w", p.IdempotencyKey, err)
-		}
-
-		resumed, err := scanPayment(r.primary.QueryRowContext(ctx, `
-			UPDATE payments
-			SET lease_token = $4, lease_expires_at = now() + $5 * interval '1 millisecond', updated_at = now()
-			WHERE client_id = $1 AND idempotency_key = $2 AND request_fingerprint = $3
-			  AND status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-			RETURNING `+paymentColumns,
-			p.ClientID, p.IdempotencyKey, p.Fingerprint, token, lease.Milliseconds()))
-		if err == nil {
-			return Claim{Payment: resumed, Owned: true}, nil
-		}
-		if !errors.Is(err, ErrNotFound) {
-			return Claim{}, fmt.Errorf("take over payment for key %q: %w", p.IdempotencyKey, err)
-		}
-
-		existing, err := r.ByKey(ctx, p.ClientID, p.IdempotencyKey)
-		if errors.Is(err, ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return Claim{}, err
-		}
-		return Claim{Payment: existing}, nil
+	c, replay, err := s.keys.Claim(ctx, s.primary, req, payments.KindPayment, p.ID, idempotency.Write{
+		SQL: `INSERT INTO payments (id, client_id, amount, currency, description, metadata, status, created_at, updated_at)
+			SELECT $1, $2, $3, $4, $5, $6, 'processing', created_at, created_at FROM claimed`,
+		Args: []any{p.ID, p.ClientID, p.Amount, p.Currency, p.Description, metadata},
+	})
+	out := payments.Claimed[payments.Payment]{Claim: c, Replay: replay}
+	switch {
+	case err != nil || replay != nil:
+		return out, err
+	case c.New:
+		p.CreatedAt, p.UpdatedAt = c.At, c.At
+		out.Resource = p
+		return out, nil
 	}
-	return Claim{}, fmt.Errorf("claim key %q: the payment kept disappearing", p.IdempotencyKey)
+	// Resumed: the payment is the one the key made before.
+	out.Resource, err = s.PaymentByID(ctx, c.ResourceID)
+	return out, err
 }
 
-// Unclaim undoes a Claim whose outcome the caller did not learn (its
-// answer was lost, or its context ended after the statement ran): it
-// deletes p if the caller's insert committed, and releases the lease if
-// the caller's takeover did. Both are fenced by the token, so otherwise it
-// changes nothing. It is safe only because nothing was sent to the
-// provider under this token.
-func (r *Payments) Unclaim(ctx context.Context, p Payment, token string) error {
-	if _, err := r.primary.ExecContext(ctx,
-		`DELETE FROM payments WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, p.ID, token); err != nil {
-		return fmt.Errorf("unclaim payment %s: %w", p.ID, err)
+// SettlePayment records p's final state with resp, fenced by c.
+func (s *Store) SettlePayment(ctx context.Context, c idempotency.Claim, p payments.Payment, resp idempotency.Response, idleFor time.Duration) (*idempotency.Response, error) {
+	return s.keys.Complete(ctx, s.primary, c, resp, idleFor, idempotency.Write{
+		SQL: `UPDATE payments
+			SET status = $2, provider_charge_id = nullif($3, ''), failure_code = nullif($4, ''), updated_at = $5
+			WHERE id = $1 AND status = 'processing' AND EXISTS (SELECT 1 FROM completed)`,
+		Args: []any{p.ID, p.Status, p.ProviderChargeID, p.FailureCode, p.UpdatedAt},
+	})
+}
+
+// ClaimRefund claims req's key for r and reserves r's amount on its
+// payment, in one transaction: a refusal rolls both back.
+func (s *Store) ClaimRefund(ctx context.Context, req idempotency.Request, r payments.Refund) (out payments.Claimed[payments.Refund], err error) {
+	tx, err := s.primary.BeginTx(ctx, nil)
+	if err != nil {
+		return out, fmt.Errorf("claim refund: %w", err)
 	}
-	if _, err := r.primary.ExecContext(ctx, `
-		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL
-		WHERE client_id = $1 AND idempotency_key = $2 AND lease_token = $3`, p.ClientID, p.IdempotencyKey, token); err != nil {
-		return fmt.Errorf("unclaim key %q: %w", p.IdempotencyKey, err)
+	defer tx.Rollback() // a no-op after Commit
+	c, replay, err := s.keys.Claim(ctx, tx, req, payments.KindRefund, r.ID, idempotency.Write{
+		// Inserted only for a payment of the client's: otherwise nothing,
+		// and the reservation below says why.
+		SQL: `INSERT INTO refunds (id, payment_id, client_id, amount, reason, status, created_at, updated_at)
+			SELECT $1, $2, $3, $4, $5, 'processing', created_at, created_at FROM claimed
+			WHERE EXISTS (SELECT 1 FROM payments WHERE id = $2 AND client_id = $3)`,
+		Args: []any{r.ID, r.PaymentID, r.ClientID, r.Amount, r.Reason},
+	})
+	out = payments.Claimed[payments.Refund]{Claim: c, Replay: replay}
+	switch {
+	case err != nil || replay != nil:
+		return out, err
+	case !c.New:
+		// Resumed: the refund is the one the key made before.
+		if out.Resource, err = refundByID(ctx, tx, c.ResourceID); err != nil {
+			return out, err
+		}
+		return out, commit(tx, "claim refund")
+	}
+	// The reservation is the guard of "never more than was charged": it
+	// is checked in the statement that makes it, under the payment's row
+	// lock, so concurrent refunds of one payment queue here.
+	err = tx.QueryRowContext(ctx, `
+		UPDATE payments SET amount_refund_pending = amount_refund_pending + $3
+		WHERE id = $1 AND client_id = $2 AND status = 'succeeded'
+		  AND amount_refunded + amount_refund_pending + $3 <= amount
+		RETURNING provider_charge_id`, r.PaymentID, r.ClientID, r.Amount).Scan(&r.ChargeID)
+	if errors.Is(err, sql.ErrNoRows) {
+		return out, s.refusal(ctx, tx, r)
+	}
+	if err != nil {
+		return out, fmt.Errorf("reserve refund of payment %s: %w", r.PaymentID, err)
+	}
+	r.CreatedAt, r.UpdatedAt = c.At, c.At
+	out.Resource = r
+	return out, commit(tx, "claim refund")
+}
+
+// refusal says why a refund could not be reserved, from the payment as
+// the refund's transaction sees it.
+func (s *Store) refusal(ctx context.Context, tx *sql.Tx, r payments.Refund) error {
+	var (
+		status string
+		left   int64
+	)
+	err := tx.QueryRowContext(ctx, `
+		SELECT status, amount - amount_refunded - amount_refund_pending FROM payments
+		WHERE id = $1 AND client_id = $2`, r.PaymentID, r.ClientID).Scan(&status, &left)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("payment %s: %w", r.PaymentID, payments.ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("refund of payment %s: %w", r.PaymentID, err)
+	case status != string(payments.StatusSucceeded):
+		return fmt.Errorf("payment %s is %s: %w", r.PaymentID, status, payments.ErrNotRefundable)
+	}
+	return &payments.RefundTooLargeError{Requested: r.Amount, Left: left}
+}
+
+// SettleRefund records r's final state with resp, fenced by c, and moves
+// its amount from reserved to refunded (or frees it), in one transaction.
+func (s *Store) SettleRefund(ctx context.Context, c idempotency.Claim, r payments.Refund, resp idempotency.Response, idleFor time.Duration) (*idempotency.Response, error) {
+	tx, err := s.primary.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("settle refund %s: %w", r.ID, err)
+	}
+	defer tx.Rollback()
+	stored, err := s.keys.Complete(ctx, tx, c, resp, idleFor, idempotency.Write{
+		SQL: `UPDATE refunds
+			SET status = $2, provider_refund_id = nullif($3, ''), failure_code = nullif($4, ''), updated_at = $5
+			WHERE id = $1 AND status = 'processing' AND EXISTS (SELECT 1 FROM completed)`,
+		Args: []any{r.ID, r.Status, r.ProviderRefundID, r.FailureCode, r.UpdatedAt},
+	})
+	if err != nil || stored != nil {
+		return stored, err
+	}
+	refunded := int64(0)
+	if r.Status == payments.StatusSucceeded {
+		refunded = r.Amount
+	}
+	if _, err := tx.ExecContext(ctx, `
+		UPDATE payments
+		SET amount_refund_pending = amount_refund_pending - $2, amount_refunded = amount_refunded + $3, updated_at = $4
+		WHERE id = $1`, r.PaymentID, r.Amount, refunded, r.UpdatedAt); err != nil {
+		return nil, fmt.Errorf("settle refund %s: %w", r.ID, err)
+	}
+	return nil, commit(tx, "settle refund "+r.ID)
+}
+
+// HasKey reports whether req's key has a record.
+func (s *Store) HasKey(ctx context.Context, req idempotency.Request) (bool, error) {
+	return s.keys.Exists(ctx, s.primary, req)
+}
+
+// Release gives c's lease up.
+func (s *Store) Release(ctx context.Context, c idempotency.Claim, checked bool) error {
+	return s.keys.Release(ctx, s.primary, c, checked)
+}
+
+// Abandon deletes c's key and the resource it created: a payment in the
+// key's statement; a refund in a transaction that frees its reservation.
+func (s *Store) Abandon(ctx context.Context, c idempotency.Claim) error {
+	if c.Kind == payments.KindPayment {
+		return s.keys.Abandon(ctx, s.primary, c, idempotency.Write{
+			SQL: `DELETE FROM payments WHERE id IN (SELECT resource_id FROM abandoned) AND status = 'processing'`,
+		})
+	}
+	tx, err := s.primary.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("abandon refund %s: %w", c.ResourceID, err)
+	}
+	defer tx.Rollback()
+	r, err := refundByID(ctx, tx, c.ResourceID)
+	if errors.Is(err, payments.ErrNotFound) {
+		return fmt.Errorf("abandon refund %s: %w", c.ResourceID, idempotency.ErrLeaseLost)
+	}
+	if err != nil {
+		return err
+	}
+	err = s.keys.Abandon(ctx, tx, c, idempotency.Write{
+		SQL: `DELETE FROM refunds WHERE id IN (SELECT resource_id FROM abandoned) AND status = 'processing'`,
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE payments SET amount_refund_pending = amount_refund_pending - $2 WHERE id = $1`,
+		r.PaymentID, r.Amount); err != nil {
+		return fmt.Errorf("abandon refund %s: %w", r.ID, err)
+	}
+	return commit(tx, "abandon refund "+r.ID)
+}
+
+// Unclaim undoes a claim whose answer was lost: abandon if it created the
+// key, release if it took the key over; fenced by the claim's token.
+func (s *Store) Unclaim(ctx context.Context, c idempotency.Claim) error {
+	if err := s.Abandon(ctx, c); err == nil || !errors.Is(err, idempotency.ErrLeaseLost) {
+		return err
+	}
+	if err := s.keys.Release(ctx, s.primary, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
+		return err
 	}
 	return nil
 }
 
-// StartCharge is called by the lease holder just before it calls the
-// provider: it renews the lease for the call and records the attempt, so
-// the reconciler knows a charge may be in flight. It returns ErrLeaseLost
-// if the lease has been taken over: then the caller must not call the
-// provider, since another request is driving the payment.
-func (r *Payments) StartCharge(ctx context.Context, id, token string, lease time.Duration) error {
-	return r.fenced(ctx, "start charge of", id, `
-		UPDATE payments
-		SET lease_expires_at = now() + $3 * interval '1 millisecond', charge_attempted_at = now(), updated_at = now()
-		WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, id, token, lease.Milliseconds())
+// Stale lists pending keys of kind for the reconciler.
+func (s *Store) Stale(ctx context.Context, kind string, age time.Duration, limit int) ([]idempotency.Claim, error) {
+	return s.keys.Stale(ctx, s.primary, kind, age, limit)
 }
 
-// TakeLease takes the lease of a processing payment whose lease has
-// expired, without marking a charge attempt: for the reconciler, which
-// only looks the charge up.
-func (r *Payments) TakeLease(ctx context.Context, id, token string, lease time.Duration) error {
-	return r.fenced(ctx, "take lease of", id, `
-		UPDATE payments
-		SET lease_token = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
-		WHERE id = $1 AND status = 'processing' AND (lease_expires_at IS NULL OR lease_expires_at <= now())`,
-		id, token, lease.Milliseconds())
+// Take takes a stale key's lease for the reconciler.
+func (s *Store) Take(ctx context.Context, c *idempotency.Claim) error {
+	return s.keys.Take(ctx, s.primary, c)
 }
 
-// ReleaseLease gives up the lease of a payment left processing (its
-// outcome is unknown), so that a retry or the reconciler can take it at
-// once instead of waiting for it to expire.
-func (r *Payments) ReleaseLease(ctx context.Context, id, token string) error {
-	return r.fenced(ctx, "release lease of", id, `
-		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL
-		WHERE id = $1 AND lease_token = $2`, id, token)
-}
-
-// Defer is the reconciler's ReleaseLease for a payment it could not settle
-// yet: it also records the attempt, which sends the payment to the back of
-// Stale's queue, so payments that cannot be settled now never crowd out
-// those that can.
-func (r *Payments) Defer(ctx context.Context, id, token string) error {
-	return r.fenced(ctx, "defer", id, `
-		UPDATE payments SET lease_token = NULL, lease_expires_at = NULL, reconciled_at = now()
-		WHERE id = $1 AND lease_token = $2`, id, token)
-}
-
-// fenced runs a statement that must change the payment held under a lease,
-// and returns ErrLeaseLost if it changed nothing.
-func (r *Payments) fenced(ctx context.Context, what, id, query string, args ...any) error {
-	res, err := r.primary.ExecContext(ctx, query, args...)
-	if err != nil {
-		return fmt.Errorf("%s payment %s: %w", what, id, err)
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return fmt.Errorf("%s payment %s: %w", what, id, err)
-	} else if n == 0 {
-		return fmt.Errorf("%s payment %s: %w", what, id, ErrLeaseLost)
-	}
-	return nil
-}
-
-// Stale returns up to limit processing payments that nobody holds and
-// whose last charge attempt is older than age: those the reconciler never
-// looked at first, oldest attempt first, then those it deferred longest
-// ago.
-func (r *Payments) Stale(ctx context.Context, age time.Duration, limit int) ([]Payment, error) {
-	rows, err := r.primary.QueryContext(ctx, `SELECT `+paymentColumns+` FROM payments
-		WHERE status = 'processing' AND charge_attempted_at < now() - $1 * interval '1 millisecond'
-		  AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-		ORDER BY reconciled_at NULLS FIRST, charge_attempted_at
-		LIMIT $2`, age.Milliseconds(), limit)
-	if err != nil {
-		return nil, fmt.Errorf("list stale payments: %w", err)
-	}
-	defer rows.Close()
-	var payments []Payment
-	for rows.Next() {
-		p, err := scanPayment(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list stale payments: %w", err)
-		}
-		payments = append(payments, p)
-	}
-	return payments, rows.Err()
-}
-
-// ByKey returns the client's payment for an idempotency key, from the
-// primary: idempotency decisions must never read stale data.
-func (r *Payments) ByKey(ctx context.Context, clientID, key string) (Payment, error) {
-	row := r.primary.QueryRowContext(ctx, `SELECT `+paymentColumns+` FROM payments
-		WHERE client_id = $1 AND idempotency_key = $2`, clientID, key)
-	p, err := scanPayment(row)
-	if err != nil {
-		return Payment{}, fmt.Errorf("payment for key %q: %w", key, err)
-	}
-	return p, nil
-}
-
-// Get returns the client's payment by id. It reads the replica first and
-// falls back to the primary when the replica fails or does not have the
-// row yet: a client that just created a payment must be able to read it.
-func (r *Payments) Get(ctx context.Context, clientID, id string) (Payment, error) {
+// Payment returns the client's payment by id. It reads the replica first
+// and falls back to the primary when the replica fails or does not have
+// the row yet: a client that just created a payment must be able to read
+// it.
+func (s *Store) Payment(ctx context.Context, clientID, id string) (payments.Payment, error) {
 	const q = `SELECT ` + paymentColumns + ` FROM payments WHERE client_id = $1 AND id = $2`
-	p, err := scanPayment(r.replica.QueryRowContext(ctx, q, clientID, id))
-	if err != nil && r.replica != r.primary {
-		p, err = scanPayment(r.primary.QueryRowContext(ctx, q, clientID, id))
+	p, err := scanPayment(s.replica.QueryRowContext(ctx, q, clientID, id))
+	if err != nil && s.replica != s.primary {
+		p, err = scanPayment(s.primary.QueryRowContext(ctx, q, clientID, id))
 	}
 	if err != nil {
-		return Payment{}, fmt.Errorf("payment %s: %w", id, err)
+		return payments.Payment{}, fmt.Errorf("payment %s: %w", id, err)
 	}
 	return p, nil
 }
 
-// List returns up to limit of the client's payments, newest first, starting
-// after the payment startingAfter (if not empty), and whether more follow.
-// It reads the replica, falling back to the primary if the replica fails or
-// lacks the cursor: a client paging from a payment it just created must not
-// be told its cursor does not exist because the replica lags.
-func (r *Payments) List(ctx context.Context, clientID string, limit int, startingAfter string) ([]Payment, bool, error) {
-	payments, hasMore, err := r.list(ctx, r.replica, clientID, limit, startingAfter)
-	if err != nil && r.replica != r.primary {
-		payments, hasMore, err = r.list(ctx, r.primary, clientID, limit, startingAfter)
+// PaymentByID returns a payment from the primary, whoever's it is.
+func (s *Store) PaymentByID(ctx context.Context, id string) (payments.Payment, error) {
+	p, err := scanPayment(s.primary.QueryRowContext(ctx, `SELECT `+paymentColumns+` FROM payments WHERE id = $1`, id))
+	if err != nil {
+		return payments.Payment{}, fmt.Errorf("payment %s: %w", id, err)
 	}
-	return payments, hasMore, err
+	return p, nil
 }
 
-func (r *Payments) list(ctx context.Context, pool *sql.DB, clientID string, limit int, startingAfter string) ([]Payment, bool, error) {
+// Payments returns up to limit of the client's payments, newest first,
+// starting after the payment startingAfter (if not empty), and whether
+// more follow. It reads the replica, falling back to the primary if the
+// replica fails or lacks the cursor: a client paging from a payment it
+// just created must not be told its cursor does not exist because the
+// replica lags.
+func (s *Store) Payments(ctx context.Context, clientID string, limit int, startingAfter string) ([]payments.Payment, bool, error) {
+	page, hasMore, err := s.payments(ctx, s.replica, clientID, limit, startingAfter)
+	if err != nil && s.replica != s.primary {
+		page, hasMore, err = s.payments(ctx, s.primary, clientID, limit, startingAfter)
+	}
+	return page, hasMore, err
+}
+
+func (s *Store) payments(ctx context.Context, pool *sql.DB, clientID string, limit int, startingAfter string) ([]payments.Payment, bool, error) {
 	// Keyset pagination on (created_at, id): stable under concurrent
 	// inserts, and served by payments_client_created_idx.
 	query := `SELECT ` + paymentColumns + ` FROM payments WHERE client_id = $1`
@@ -313,7 +330,7 @@ func (r *Payments) list(ctx context.Context, pool *sql.DB, clientID string, limi
 		err := pool.QueryRowContext(ctx, `SELECT created_at FROM payments WHERE client_id = $1 AND id = $2`,
 			clientID, startingAfter).Scan(&cursorTime)
 		if errors.Is(err, sql.ErrNoRows) {
-			return nil, false, fmt.Errorf("starting_after %s: %w", startingAfter, ErrCursorNotFound)
+			return nil, false, fmt.Errorf("starting_after %s: %w", startingAfter, payments.ErrBadCursor)
 		}
 		if err != nil {
 			return nil, false, fmt.Errorf("read cursor %s: %w", startingAfter, err)
@@ -326,143 +343,95 @@ func (r *Payments) list(ctx context.Context, pool *sql.DB, clientID string, limi
 		return nil, false, fmt.Errorf("list payments: %w", err)
 	}
 	defer rows.Close()
-	var payments []Payment
+	var page []payments.Payment
 	for rows.Next() {
 		p, err := scanPayment(rows)
 		if err != nil {
 			return nil, false, fmt.Errorf("list payments: %w", err)
 		}
-		payments = append(payments, p)
+		page = append(page, p)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, false, fmt.Errorf("list payments: %w", err)
 	}
-	hasMore := len(payments) > limit
+	hasMore := len(page) > limit
 	if hasMore {
-		payments = payments[:limit]
+		page = page[:limit]
 	}
-	return payments, hasMore, nil
+	return page, hasMore, nil
 }
 
-// Settlement is the final state of a payment.
-type Settlement struct {
-	Status           string // StatusSucceeded or StatusFailed
-	ProviderChargeID string
-	FailureCode      string
-	// UnchargedFor, when set, makes the settlement conditional on the
-	// payment's last charge attempt being at least this old, by the
-	// database's clock, checked under the row lock. It is for a verdict
-	// that rests on an absence (the provider has no charge): only time
-	// makes that final, and a charge attempted since would void it.
-	UnchargedFor time.Duration
-}
+const refundColumns = `r.id, r.payment_id, r.client_id, r.amount, r.status, r.reason,
+	coalesce(p.provider_charge_id, ''), coalesce(r.provider_refund_id, ''), coalesce(r.failure_code, ''),
+	r.created_at, r.updated_at`
 
-// Respond renders the response a settled payment's key answers with.
-type Respond func(settled Payment) (status int, body []byte, err error)
-
-// Settle moves a processing payment to its final state, stores the
-// response respond renders for it, and releases its lease, in one
-// transaction. It returns the row as it then is, and whether this call
-// settled it.
-//
-// Settle is fenced: it changes the payment only while token holds its
-// lease (ErrLeaseLost otherwise), checked under the row lock, so a holder
-// whose lease was taken over cannot settle what the new holder is driving.
-// Final states never change: if the payment was settled already (by a
-// concurrent retry, say), Settle changes nothing and returns the stored
-// row, whose outcome the provider's idempotency key guarantees is the same.
-func (r *Payments) Settle(ctx context.Context, id, token string, s Settlement, respond Respond) (Payment, bool, error) {
-	if s.Status != StatusSucceeded && s.Status != StatusFailed {
-		return Payment{}, false, fmt.Errorf("settle payment %s: %q is not a final status", id, s.Status)
-	}
-	tx, err := r.primary.BeginTx(ctx, nil)
-	if err != nil {
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
-	}
-	defer tx.Rollback() // a no-op after Commit
-
-	// now() is the transaction's start time, the same in both statements:
-	// the response rendered here shows exactly the updated_at stored.
-	var (
-		now       time.Time
-		row       Payment
-		holder    bool
-		uncharged bool
-	)
-	err = scanRow(tx.QueryRowContext(ctx, `SELECT `+paymentColumns+`, now(),
-			coalesce(lease_token = $2, false),
-			charge_attempted_at <= now() - $3 * interval '1 millisecond'
-		FROM payments WHERE id = $1 FOR UPDATE`, id, token, s.UnchargedFor.Milliseconds()),
-		&row, &now, &holder, &uncharged)
-	switch {
-	case err != nil:
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
-	case row.Status != StatusProcessing:
-		return row, false, nil
-	case !holder:
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, ErrLeaseLost)
-	case s.UnchargedFor > 0 && !uncharged:
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, ErrAttemptTooRecent)
-	}
-	row.Status, row.ProviderChargeID, row.FailureCode, row.UpdatedAt = s.Status, s.ProviderChargeID, s.FailureCode, now
-	row.ResponseStatus, row.ResponseBody, err = respond(row)
-	if err != nil {
-		return Payment{}, false, fmt.Errorf("settle payment %s: render response: %w", id, err)
-	}
-	_, err = tx.ExecContext(ctx, `
-		UPDATE payments
-		SET status = $2, provider_charge_id = nullif($3, ''), failure_code = nullif($4, ''),
-		    response_status = $5, response_body = $6,
-		    lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-		WHERE id = $1`,
-		id, s.Status, s.ProviderChargeID, s.FailureCode, row.ResponseStatus, row.ResponseBody)
-	if err != nil {
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return Payment{}, false, fmt.Errorf("settle payment %s: %w", id, err)
-	}
-	row.LeaseActive = false
-	return row, true, nil
-}
-
-// Abandon deletes a processing payment the caller created and holds, whose
-// provider call was never sent: nothing was charged, and deleting the row
-// leaves the client's idempotency key usable again. If the lease was taken
-// over, another request is driving the payment and Abandon returns
-// ErrLeaseLost, deleting nothing.
-func (r *Payments) Abandon(ctx context.Context, id, token string) error {
-	return r.fenced(ctx, "abandon", id,
-		`DELETE FROM payments WHERE id = $1 AND lease_token = $2 AND status = 'processing'`, id, token)
-}
-
-// scanner is what *sql.Row and *sql.Rows have in common.
-type scanner interface{ Scan(dest ...any) error }
-
-func scanPayment(s scanner) (Payment, error) {
-	var p Payment
-	err := scanRow(s, &p)
-	return p, err
-}
-
-// scanRow scans paymentColumns into p, then any extra columns into extra.
-func scanRow(s scanner, p *Payment, extra ...any) error {
-	var metadata []byte
-	dest := append([]any{&p.ID, &p.ClientID, &p.IdempotencyKey, &p.Fingerprint, &p.Amount, &p.Currency,
-		&p.Description, &metadata, &p.Status, &p.ProviderChargeID, &p.FailureCode, &p.CreatedAt, &p.UpdatedAt,
-		&p.ResponseStatus, &p.ResponseBody, &p.LeaseActive}, extra...)
-	err := s.Scan(dest...)
+func scanRefund(s scanner) (payments.Refund, error) {
+	var r payments.Refund
+	err := s.Scan(&r.ID, &r.PaymentID, &r.ClientID, &r.Amount, &r.Status, &r.Reason,
+		&r.ChargeID, &r.ProviderRefundID, &r.FailureCode, &r.CreatedAt, &r.UpdatedAt)
 	if errors.Is(err, sql.ErrNoRows) {
-		return ErrNotFound
+		return payments.Refund{}, payments.ErrNotFound
 	}
+	return r, err
+}
+
+// RefundByID returns a refund from the primary, whoever's it is.
+func (s *Store) RefundByID(ctx context.Context, id string) (payments.Refund, error) {
+	return refundByID(ctx, s.primary, id)
+}
+
+func refundByID(ctx context.Context, q idempotency.Querier, id string) (payments.Refund, error) {
+	r, err := scanRefund(q.QueryRowContext(ctx, `SELECT `+refundColumns+`
+		FROM refunds r JOIN payments p ON p.id = r.payment_id WHERE r.id = $1`, id))
 	if err != nil {
-		return err
+		return payments.Refund{}, fmt.Errorf("refund %s: %w", id, err)
 	}
-	if err := json.Unmarshal(metadata, &p.Metadata); err != nil {
-		return fmt.Errorf("decode metadata of payment %s: %w", p.ID, err)
+	return r, nil
+}
+
+// Refunds lists the refunds of the client's payment, newest first, from
+// the replica, or the primary when the replica lacks the payment.
+func (s *Store) Refunds(ctx context.Context, clientID, paymentID string) ([]payments.Refund, error) {
+	refunds, err := s.refunds(ctx, s.replica, clientID, paymentID)
+	if err != nil && s.replica != s.primary {
+		refunds, err = s.refunds(ctx, s.primary, clientID, paymentID)
 	}
-	return nil
+	return refunds, err
+}
+
+func (s *Store) refunds(ctx context.Context, pool *sql.DB, clientID, paymentID string) ([]payments.Refund, error) {
+	var exists bool
+	if err := pool.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM payments WHERE id = $1 AND client_id = $2)`,
+		paymentID, clientID).Scan(&exists); err != nil {
+		return nil, fmt.Errorf("refunds of payment %s: %w", paymentID, err)
+	}
+	if !exists {
+		return nil, fmt.Errorf("payment %s: %w", paymentID, payments.ErrNotFound)
+	}
+	rows, err := pool.QueryContext(ctx, `SELECT `+refundColumns+`
+		FROM refunds r JOIN payments p ON p.id = r.payment_id
+		WHERE r.payment_id = $1 ORDER BY r.created_at DESC, r.id DESC`, paymentID)
+	if err != nil {
+		return nil, fmt.Errorf("refunds of payment %s: %w", paymentID, err)
+	}
+	defer rows.Close()
+	refunds := []payments.Refund{}
+	for rows.Next() {
+		r, err := scanRefund(rows)
+		if err != nil {
+			return nil, fmt.Errorf("refunds of payment %s: %w", paymentID, err)
+		}
+		refunds = append(refunds, r)
+	}
+	return refunds, rows.Err()
 }
 
 // Leader returns a contender for the advisory lock key on the primary.
-func (r *Payments) Leader(key int64) *postgres.Leader { return postgres.NewLeader(r.primary, key) }
+func (s *Store) Leader(key int64) *postgres.Leader { return postgres.NewLeader(s.primary, key) }
+
+func commit(tx *sql.Tx, what string) error {
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}

@@ -9,13 +9,15 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pressly/goose/v3"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
+	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
@@ -34,379 +36,152 @@ func open(t *testing.T, url string) *sql.DB {
 	return pool
 }
 
+func tables(t *testing.T, pool *sql.DB) []string {
+	t.Helper()
+	rows, err := pool.Query(`SELECT table_name FROM information_schema.tables
+		WHERE table_schema = 'public' AND table_name NOT LIKE 'goose_%' ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, n)
+	}
+	return names
+}
+
 // TestMigrations_DownUndoesUp runs every migration's Down section, which
 // nothing else exercises, from the files on disk (the same ones the binary
 // embeds): a rollback that fails is found here, not during an incident.
 func TestMigrations_DownUndoesUp(t *testing.T) {
 	pool := open(t, testenv.NewEmptyDatabase(t))
 	ctx := context.Background()
-	migrations, err := goose.NewProvider(goose.DialectPostgres, pool, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+	// The payments stream builds on the key records' table.
+	keys, err := postgres.NewMigrator(pool, discard(), idempotency.Migrations)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tables := func() []string {
-		t.Helper()
-		rows, err := pool.QueryContext(ctx, `SELECT table_name FROM information_schema.tables
-			WHERE table_schema = 'public' AND table_name <> 'goose_db_version' ORDER BY 1`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var names []string
-		for rows.Next() {
-			var n string
-			if err := rows.Scan(&n); err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, n)
-		}
-		return names
+	if _, err := keys.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	migrations, err := goose.NewProvider(goose.DialectPostgres, pool, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
+	if err != nil {
+		t.Fatal(err)
 	}
 	for round := range 2 { // up, down, and up again: down leaves nothing behind
 		if _, err := migrations.Up(ctx); err != nil {
 			t.Fatalf("round %d: up: %v", round, err)
 		}
-		if got := tables(); !slices.Equal(got, []string{"payments"}) {
-			t.Fatalf("round %d: tables after up %v, want [payments]", round, got)
+		if got := tables(t, pool); !slices.Equal(got, []string{"idempotency_keys", "payments", "refunds"}) {
+			t.Fatalf("round %d: tables after up %v", round, got)
 		}
 		if _, err := migrations.DownTo(ctx, 0); err != nil {
 			t.Fatalf("round %d: down: %v", round, err)
 		}
-		if got := tables(); len(got) != 0 {
-			t.Fatalf("round %d: tables after down %v, want none", round, got)
+		if got := tables(t, pool); !slices.Equal(got, []string{"idempotency_keys"}) {
+			t.Fatalf("round %d: tables after down %v, want only the key records' own", round, got)
 		}
 	}
 }
 
-func newPayment(client, key string) paymentsdb.Payment {
-	return paymentsdb.Payment{
-		ID:             "pay_" + client + "_" + key,
-		ClientID:       client,
-		IdempotencyKey: key,
-		Fingerprint:    "fp",
-		Amount:         1000,
-		Currency:       "usd",
-		Metadata:       map[string]string{"order": key},
-	}
-}
-
-const lease = time.Minute
-
-func claim(t *testing.T, repo *paymentsdb.Payments, p paymentsdb.Payment, token string, lease time.Duration) paymentsdb.Claim {
-	t.Helper()
-	c, err := repo.Claim(context.Background(), p, token, lease)
+// A database written before the key records moved out of payments: every
+// payment's key, fingerprint and stored answer must carry over, so a retry
+// of a key used before the upgrade still replays, byte for byte.
+func TestMigrations_KeysWrittenBeforeTheUpgradeStillReplay(t *testing.T) {
+	pool := open(t, testenv.NewEmptyDatabase(t))
+	ctx := context.Background()
+	migrations, err := goose.NewProvider(goose.DialectPostgres, pool, os.DirFS("migrations"), goose.WithDisableGlobalRegistry(true))
 	if err != nil {
-		t.Fatalf("Claim: %v", err)
+		t.Fatal(err)
 	}
-	return c
-}
-
-// respondWith returns a Respond rendering a fixed body, recording the row
-// it was given.
-func respondWith(body string, seen *paymentsdb.Payment) paymentsdb.Respond {
-	return func(p paymentsdb.Payment) (int, []byte, error) {
-		*seen = p
-		return 201, []byte(body), nil
+	if _, err := migrations.UpTo(ctx, 3); err != nil {
+		t.Fatal(err)
 	}
-}
-
-func TestPayments_ClaimIsAtomicPerClientAndKey(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-
-	const callers = 20
-	var wg sync.WaitGroup
-	owners := make(chan string, callers)
-	ids := make(chan string, callers)
-	for i := range callers {
-		wg.Go(func() {
-			p := newPayment("client_a", "key-1")
-			p.ID = fmt.Sprintf("pay_%02d", i)
-			c, err := repo.Claim(ctx, p, fmt.Sprint("token-", i), lease)
-			if err != nil {
-				t.Errorf("Claim: %v", err)
-				return
-			}
-			if c.Owned {
-				if !c.Created {
-					t.Errorf("caller %d owns without creating, but no lease had expired", i)
-				}
-				owners <- c.Payment.ID
-			}
-			ids <- c.Payment.ID
-		})
+	// As version 3 wrote them: a charged payment, a declined one, one
+	// still processing under an expired lease.
+	if _, err := pool.ExecContext(ctx, `
+		INSERT INTO payments (id, client_id, idempotency_key, request_fingerprint, amount, currency, status,
+		                      provider_charge_id, failure_code, response_status, response_body, lease_token, lease_expires_at)
+		VALUES ('pay_ok', 'c', 'k-ok', 'fp-ok', 1000, 'usd', 'succeeded', 'ch_1', NULL, 201, '{"id":"pay_ok"}', NULL, NULL),
+		       ('pay_no', 'c', 'k-no', 'fp-no', 1402, 'usd', 'failed', 'ch_2', 'card_declined', 402, '{"type":"x"}', NULL, NULL),
+		       ('pay_wip', 'c', 'k-wip', 'fp-wip', 5, 'usd', 'processing', NULL, NULL, NULL, NULL, 'old', now() - interval '1 minute')`); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	close(owners)
-	close(ids)
-	if n := len(owners); n != 1 {
-		t.Fatalf("%d callers own the key, want 1", n)
+	up, err := postgres.NewMigrator(pool, discard(), idempotency.Migrations, paymentsdb.Migrations)
+	if err != nil {
+		t.Fatal(err)
 	}
-	winner := <-owners
-	for id := range ids {
-		if id != winner {
-			t.Errorf("a caller got payment %s, want the one created: %s", id, winner)
-		}
+	if _, err := up.Up(ctx); err != nil {
+		t.Fatalf("upgrade: %v", err)
 	}
 
-	// Another client may use the same key.
-	other := claim(t, repo, newPayment("client_b", "key-1"), "t", lease)
-	if !other.Created || other.Payment.ID == winner {
-		t.Fatalf("client_b with the same key: %+v; want a new payment", other)
-	}
-}
-
-func TestPayments_ExpiredLeaseIsTakenOverByOneRetry(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	first := claim(t, repo, newPayment("c", "k"), "first", 50*time.Millisecond)
-	if got := claim(t, repo, newPayment("c", "k"), "early", lease); got.Owned || !got.Payment.LeaseActive {
-		t.Fatalf("a claim while the lease is held: %+v; want not owned, lease active", got)
-	}
-	time.Sleep(100 * time.Millisecond)
-
-	const retries = 10
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	owners := 0
-	for i := range retries {
-		wg.Go(func() {
-			c := claim(t, repo, newPayment("c", "k"), fmt.Sprint("retry-", i), lease)
-			if c.Owned {
-				mu.Lock()
-				owners++
-				mu.Unlock()
-				if c.Created || c.Payment.ID != first.Payment.ID {
-					t.Errorf("takeover %+v: want the same payment, resumed", c)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if owners != 1 {
-		t.Fatalf("%d retries took the expired lease over, want 1", owners)
-	}
-
-	// A different request never takes over, expired lease or not.
-	other := newPayment("c", "k")
-	other.Fingerprint = "another request"
-	if c := claim(t, repo, other, "x", lease); c.Owned {
-		t.Error("a request with another fingerprint took the payment over")
-	}
-}
-
-func TestPayments_AStaleOwnerCannotTouchTheNewOwnersLease(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-	old := claim(t, repo, newPayment("c", "k"), "old", 50*time.Millisecond)
-	time.Sleep(100 * time.Millisecond)
-	if c := claim(t, repo, newPayment("c", "k"), "new", lease); !c.Owned {
-		t.Fatal("the expired lease was not taken over")
-	}
-	id := old.Payment.ID
-	for name, err := range map[string]error{
-		"StartCharge":  repo.StartCharge(ctx, id, "old", lease),
-		"ReleaseLease": repo.ReleaseLease(ctx, id, "old"),
-		"Abandon":      repo.Abandon(ctx, id, "old"),
+	store := paymentsdb.New(pool, nil, &idempotency.Keys{Lease: time.Minute, Metrics: metrics(t)})
+	for _, tt := range []struct {
+		key, fingerprint string
+		status           int
+		body, ctype, loc string
+	}{
+		{"k-ok", "fp-ok", 201, `{"id":"pay_ok"}`, "application/json", "/v1/payments/pay_ok"},
+		{"k-no", "fp-no", 402, `{"type":"x"}`, "application/problem+json", ""},
 	} {
-		if !errors.Is(err, paymentsdb.ErrLeaseLost) {
-			t.Errorf("%s with the old token: %v, want ErrLeaseLost", name, err)
+		claimed, err := store.ClaimPayment(ctx, idempotency.Request{Scope: "c", Key: tt.key, Fingerprint: tt.fingerprint}, payments.Payment{ID: "pay_new", ClientID: "c", Amount: 1, Currency: "usd"})
+		if err != nil || claimed.Replay == nil {
+			t.Fatalf("%s after the upgrade: %+v, %v; want its stored answer", tt.key, claimed, err)
+		}
+		r := claimed.Replay
+		if r.Status != tt.status || string(r.Body) != tt.body || r.Header.Get("Content-Type") != tt.ctype || r.Header.Get("Location") != tt.loc {
+			t.Errorf("%s replays %d %v %s", tt.key, r.Status, r.Header, r.Body)
 		}
 	}
-	if c := claim(t, repo, newPayment("c", "k"), "third", lease); c.Owned || !c.Payment.LeaseActive {
-		t.Errorf("the new owner's lease was disturbed: %+v", c)
+	// The processing one is resumed, as its lease expired.
+	claimed, err := store.ClaimPayment(ctx, idempotency.Request{Scope: "c", Key: "k-wip", Fingerprint: "fp-wip"}, payments.Payment{ID: "pay_new", ClientID: "c", Amount: 5, Currency: "usd"})
+	if err != nil || claimed.Claim.New || claimed.Resource.ID != "pay_wip" {
+		t.Fatalf("the processing payment after the upgrade: %+v, %v; want pay_wip resumed", claimed, err)
 	}
-	if err := repo.StartCharge(ctx, id, "new", lease); err != nil {
-		t.Errorf("StartCharge by the new owner: %v", err)
-	}
-}
-
-func TestPayments_SettleIsFinalAndStoresTheResponse(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
-	if p.Status != paymentsdb.StatusProcessing {
-		t.Fatalf("new payment status %q, want processing", p.Status)
-	}
-
-	var rendered paymentsdb.Payment
-	settled, now, err := repo.Settle(ctx, p.ID, "t", paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: "ch_1"}, respondWith(`{"first":true}`, &rendered))
-	if err != nil || !now || settled.Status != paymentsdb.StatusSucceeded || string(settled.ResponseBody) != `{"first":true}` {
-		t.Fatalf("Settle = %+v, %v, %v", settled, now, err)
-	}
-	stored, err := repo.Get(ctx, "c", p.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The response was rendered from exactly what is stored.
-	if !rendered.UpdatedAt.Equal(stored.UpdatedAt) || rendered.Status != stored.Status || rendered.ProviderChargeID != "ch_1" {
-		t.Errorf("rendered from %+v, stored %+v", rendered, stored)
-	}
-	if stored.ResponseStatus != 201 || string(stored.ResponseBody) != `{"first":true}` || stored.LeaseActive {
-		t.Errorf("stored %+v", stored)
-	}
-
-	again, now, err := repo.Settle(ctx, p.ID, "t", paymentsdb.Settlement{Status: paymentsdb.StatusFailed, FailureCode: "late"}, respondWith(`{"second":true}`, &rendered))
-	if err != nil || now {
-		t.Fatalf("second Settle: now=%v err=%v", now, err)
-	}
-	if again.Status != paymentsdb.StatusSucceeded || string(again.ResponseBody) != `{"first":true}` {
-		t.Errorf("a settled payment changed: %+v", again)
-	}
-	if _, _, err := repo.Settle(ctx, p.ID, "t", paymentsdb.Settlement{Status: paymentsdb.StatusProcessing}, respondWith("", &rendered)); err == nil {
-		t.Error("Settle to processing succeeded, want an error")
+	// And a key reused for another request is still refused.
+	if _, err := store.ClaimPayment(ctx, idempotency.Request{Scope: "c", Key: "k-ok", Fingerprint: "other"}, payments.Payment{ID: "pay_x", ClientID: "c", Amount: 1, Currency: "usd"}); !errors.Is(err, idempotency.ErrKeyReused) {
+		t.Errorf("k-ok for another request: %v, want ErrKeyReused", err)
 	}
 }
 
-func TestPayments_AbandonFreesTheKey(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
-	if err := repo.Abandon(ctx, p.ID, "t"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repo.Get(ctx, "c", p.ID); !errors.Is(err, paymentsdb.ErrNotFound) {
-		t.Fatalf("Get after Abandon: %v, want ErrNotFound", err)
-	}
-	retry := newPayment("c", "k")
-	retry.ID = "pay_retry"
-	if c := claim(t, repo, retry, "t2", lease); !c.Created {
-		t.Fatalf("Claim of the abandoned key: %+v, want a new payment", c)
-	}
-}
-
-func TestPayments_StaleListsOnlyUnheldOldProcessingPayments(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-	held := claim(t, repo, newPayment("c", "held"), "t1", lease).Payment
-	released := claim(t, repo, newPayment("c", "released"), "t2", lease).Payment
-	settled := claim(t, repo, newPayment("c", "settled"), "t3", lease).Payment
-	if err := repo.ReleaseLease(ctx, released.ID, "t2"); err != nil {
-		t.Fatal(err)
-	}
-	var seen paymentsdb.Payment
-	if _, _, err := repo.Settle(ctx, settled.ID, "t3", paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded}, respondWith("{}", &seen)); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(20 * time.Millisecond)
-
-	stale, err := repo.Stale(ctx, 10*time.Millisecond, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(stale) != 1 || stale[0].ID != released.ID {
-		t.Fatalf("Stale = %v, want only %s (not the held %s nor the settled %s)", ids(stale), released.ID, held.ID, settled.ID)
-	}
-	if young, _ := repo.Stale(ctx, time.Hour, 10); len(young) != 0 {
-		t.Errorf("Stale(1h) = %v, want none", ids(young))
-	}
-
-	if err := repo.TakeLease(ctx, released.ID, "reconciler", lease); err != nil {
-		t.Fatal(err)
-	}
-	if err := repo.TakeLease(ctx, released.ID, "another", lease); !errors.Is(err, paymentsdb.ErrLeaseLost) {
-		t.Errorf("a second TakeLease: %v, want ErrLeaseLost", err)
-	}
-}
-
-func TestPayments_SettleIsFencedByTheLease(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
-	ctx := context.Background()
-	p := claim(t, repo, newPayment("c", "k"), "old", 50*time.Millisecond).Payment
-	time.Sleep(100 * time.Millisecond)
-	if c := claim(t, repo, newPayment("c", "k"), "new", lease); !c.Owned {
-		t.Fatal("the expired lease was not taken over")
-	}
-	var seen paymentsdb.Payment
-	ok := paymentsdb.Settlement{Status: paymentsdb.StatusSucceeded, ProviderChargeID: "ch_1"}
-	if _, _, err := repo.Settle(ctx, p.ID, "old", ok, respondWith("{}", &seen)); !errors.Is(err, paymentsdb.ErrLeaseLost) {
-		t.Fatalf("Settle by the old holder: %v, want ErrLeaseLost", err)
-	}
-	if got, _ := repo.Get(ctx, "c", p.ID); got.Status != paymentsdb.StatusProcessing || !got.LeaseActive {
-		t.Fatalf("after the old holder's Settle: %+v; want processing, still held", got)
-	}
-	if _, now, err := repo.Settle(ctx, p.ID, "new", ok, respondWith("{}", &seen)); err != nil || !now {
-		t.Fatalf("Settle by the holder: %v, %v", now, err)
-	}
-	// Once final, anyone's Settle returns the stored row: a late holder
-	// learns the outcome rather than an error.
-	late, now, err := repo.Settle(ctx, p.ID, "old", paymentsdb.Settlement{Status: paymentsdb.StatusFailed}, respondWith("{}", &seen))
-	if err != nil || now || late.Status != paymentsdb.StatusSucceeded {
-		t.Fatalf("Settle of a final payment: %+v, %v, %v; want the stored row", late, now, err)
-	}
-}
-
-func TestPayments_NoChargeSettlementWaitsOutItsGracePeriodUnderTheLock(t *testing.T) {
-	pool := open(t, testenv.NewDatabase(t, paymentsdb.Migrations))
-	repo := paymentsdb.NewPayments(pool, nil)
-	ctx := context.Background()
-	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
-	if err := repo.StartCharge(ctx, p.ID, "t", lease); err != nil {
-		t.Fatal(err)
-	}
-	var seen paymentsdb.Payment
-	noCharge := paymentsdb.Settlement{Status: paymentsdb.StatusFailed, FailureCode: "no_charge", UnchargedFor: time.Hour}
-	if _, _, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen)); !errors.Is(err, paymentsdb.ErrAttemptTooRecent) {
-		t.Fatalf("a no-charge verdict an hour early: %v, want ErrAttemptTooRecent", err)
-	}
-	if got, _ := repo.Get(ctx, "c", p.ID); got.Status != paymentsdb.StatusProcessing {
-		t.Fatalf("the refused verdict changed the payment: %+v", got)
-	}
-
-	// The attempt is old enough now, as time would make it...
-	if _, err := pool.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() - interval '2 hours' WHERE id = $1`, p.ID); err != nil {
-		t.Fatal(err)
-	}
-	// ...but another transaction holds the row, recording a new attempt,
-	// while the verdict is being settled. The verdict must see it: its
-	// check belongs under the row lock, not before it.
-	other, err := pool.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Rollback()
-	if _, err := other.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() WHERE id = $1`, p.ID); err != nil {
-		t.Fatal(err)
-	}
-	settled := make(chan error, 1)
-	go func() {
-		_, _, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen))
-		settled <- err
-	}()
-	waitForLockWait(t, pool)
-	if err := other.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-settled; !errors.Is(err, paymentsdb.ErrAttemptTooRecent) {
-		t.Fatalf("a verdict racing a new attempt: %v, want ErrAttemptTooRecent", err)
-	}
-
-	if _, err := pool.ExecContext(ctx, `UPDATE payments SET charge_attempted_at = now() - interval '2 hours' WHERE id = $1`, p.ID); err != nil {
-		t.Fatal(err)
-	}
-	if got, now, err := repo.Settle(ctx, p.ID, "t", noCharge, respondWith("{}", &seen)); err != nil || !now || got.FailureCode != "no_charge" {
-		t.Fatalf("the verdict after the grace period: %+v, %v, %v", got, now, err)
-	}
-}
-
-// waitForLockWait returns once a session of this database waits for a lock.
-func waitForLockWait(t *testing.T, pool *sql.DB) {
+func metrics(t *testing.T) *idempotency.Metrics {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		var waiting bool
-		if err := pool.QueryRow(`SELECT count(*) > 0 FROM pg_stat_activity
-			WHERE datname = current_database() AND wait_event_type = 'Lock'`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no session ever waited for the row lock")
-		}
+	m, err := idempotency.NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
 	}
+	return m
 }
 
-func ids(ps []paymentsdb.Payment) []string {
+// newStore returns a store on a fresh database, reading from replica if
+// it is not nil.
+func newStore(t *testing.T, primary, replica *sql.DB) *paymentsdb.Store {
+	t.Helper()
+	return paymentsdb.New(primary, replica, &idempotency.Keys{Lease: time.Minute, Metrics: metrics(t)})
+}
+
+func migrated(t *testing.T) *sql.DB {
+	t.Helper()
+	return open(t, testenv.NewDatabase(t, idempotency.Migrations, paymentsdb.Migrations))
+}
+
+// create inserts a processing payment for the client's key.
+func create(t *testing.T, s *paymentsdb.Store, client, key string) payments.Payment {
+	t.Helper()
+	p := payments.Payment{ID: "pay_" + client + "_" + key, ClientID: client, Amount: 1000, Currency: "usd", Metadata: map[string]string{"order": key}}
+	claimed, err := s.ClaimPayment(context.Background(), idempotency.Request{Scope: client, Key: key, Fingerprint: "fp"}, p)
+	if err != nil || !claimed.Claim.New {
+		t.Fatalf("claim %s: %+v, %v", key, claimed, err)
+	}
+	return claimed.Resource
+}
+
+func ids(ps []payments.Payment) []string {
 	out := make([]string, len(ps))
 	for i, p := range ps {
 		out[i] = p.ID
@@ -414,30 +189,27 @@ func ids(ps []paymentsdb.Payment) []string {
 	return out
 }
 
-func TestPayments_GetIsScopedToTheClient(t *testing.T) {
-	repo := paymentsdb.NewPayments(open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), nil)
+func TestPayment_IsScopedToTheClient(t *testing.T) {
+	s := newStore(t, migrated(t), nil)
 	ctx := context.Background()
-	p := claim(t, repo, newPayment("owner", "k"), "t", lease).Payment
-	got, err := repo.Get(ctx, "owner", p.ID)
-	if err != nil || got.Metadata["order"] != "k" {
-		t.Fatalf("owner's Get = %+v, %v", got, err)
+	p := create(t, s, "owner", "k")
+	got, err := s.Payment(ctx, "owner", p.ID)
+	if err != nil || got.Metadata["order"] != "k" || got.Status != payments.StatusProcessing || !got.CreatedAt.Equal(p.CreatedAt) {
+		t.Fatalf("owner's Payment = %+v, %v; want %+v", got, err, p)
 	}
-	if _, err := repo.Get(ctx, "someone-else", p.ID); !errors.Is(err, paymentsdb.ErrNotFound) {
-		t.Fatalf("another client's Get: %v, want ErrNotFound", err)
+	if _, err := s.Payment(ctx, "someone-else", p.ID); !errors.Is(err, payments.ErrNotFound) {
+		t.Fatalf("another client's Payment: %v, want ErrNotFound", err)
 	}
 }
 
-func TestPayments_ListPagesNewestFirst(t *testing.T) {
-	pool := open(t, testenv.NewDatabase(t, paymentsdb.Migrations))
-	repo := paymentsdb.NewPayments(pool, nil)
+func TestPayments_PagesNewestFirst(t *testing.T) {
+	s := newStore(t, migrated(t), nil)
 	ctx := context.Background()
 	var want []string // newest first
 	for i := range 7 {
-		p := newPayment("c", fmt.Sprint(i))
-		claim(t, repo, p, "t", lease)
-		want = append([]string{p.ID}, want...)
+		want = append([]string{create(t, s, "c", fmt.Sprint(i)).ID}, want...)
 	}
-	claim(t, repo, newPayment("other", "x"), "t", lease)
+	create(t, s, "other", "x")
 
 	var got []string
 	cursor := ""
@@ -445,13 +217,11 @@ func TestPayments_ListPagesNewestFirst(t *testing.T) {
 		if pages > 10 {
 			t.Fatal("pagination does not end")
 		}
-		page, more, err := repo.List(ctx, "c", 3, cursor)
+		page, more, err := s.Payments(ctx, "c", 3, cursor)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, p := range page {
-			got = append(got, p.ID)
-		}
+		got = append(got, ids(page)...)
 		if !more {
 			break
 		}
@@ -460,42 +230,48 @@ func TestPayments_ListPagesNewestFirst(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("pages gave\n%v\nwant\n%v", got, want)
 	}
-	if _, _, err := repo.List(ctx, "c", 3, "pay_other_x"); !errors.Is(err, paymentsdb.ErrCursorNotFound) {
-		t.Errorf("another client's payment as cursor: %v, want ErrCursorNotFound", err)
+	if _, _, err := s.Payments(ctx, "c", 3, "pay_other_x"); !errors.Is(err, payments.ErrBadCursor) {
+		t.Errorf("another client's payment as cursor: %v, want ErrBadCursor", err)
 	}
 }
 
 func TestPayments_ReadsGoToTheReplica(t *testing.T) {
 	// A "replica" that is its own database: a row only it has shows
 	// which pool answered.
-	primary, replica := open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), open(t, testenv.NewDatabase(t, paymentsdb.Migrations))
-	onlyOnReplica := claim(t, paymentsdb.NewPayments(replica, nil), newPayment("c", "replica-only"), "t", lease).Payment
-	repo := paymentsdb.NewPayments(primary, replica)
+	primary, replica := migrated(t), migrated(t)
+	onlyOnReplica := create(t, newStore(t, replica, nil), "c", "replica-only")
+	s := newStore(t, primary, replica)
 	ctx := context.Background()
-	if _, err := repo.Get(ctx, "c", onlyOnReplica.ID); err != nil {
-		t.Errorf("Get of a row only the replica has: %v; reads must go to the replica", err)
+	if _, err := s.Payment(ctx, "c", onlyOnReplica.ID); err != nil {
+		t.Errorf("Payment of a row only the replica has: %v; reads must go to the replica", err)
 	}
-	if page, _, err := repo.List(ctx, "c", 10, ""); err != nil || len(page) != 1 || page[0].ID != onlyOnReplica.ID {
-		t.Errorf("List: %v, %v; want the replica's row", ids(page), err)
+	if page, _, err := s.Payments(ctx, "c", 10, ""); err != nil || len(page) != 1 || page[0].ID != onlyOnReplica.ID {
+		t.Errorf("Payments: %v, %v; want the replica's row", ids(page), err)
+	}
+	if refunds, err := s.Refunds(ctx, "c", onlyOnReplica.ID); err != nil || len(refunds) != 0 {
+		t.Errorf("Refunds of the replica's payment: %v, %v", refunds, err)
 	}
 }
 
 func TestPayments_ReplicaFallsBackToPrimary(t *testing.T) {
-	primary := open(t, testenv.NewDatabase(t, paymentsdb.Migrations))
+	primary := migrated(t)
 	// A replica that cannot be reached: reads must still work.
 	broken, err := postgres.Open("postgres://nobody:x@127.0.0.1:1/none?sslmode=disable&connect_timeout=1", postgres.PoolConfig{MaxOpenConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { broken.Close() })
-	repo := paymentsdb.NewPayments(primary, broken)
+	s := newStore(t, primary, broken)
 	ctx := context.Background()
-	p := claim(t, repo, newPayment("c", "k"), "t", lease).Payment
-	if _, err := repo.Get(ctx, "c", p.ID); err != nil {
-		t.Errorf("Get with a broken replica: %v", err)
+	p := create(t, s, "c", "k")
+	if _, err := s.Payment(ctx, "c", p.ID); err != nil {
+		t.Errorf("Payment with a broken replica: %v", err)
 	}
-	if page, _, err := repo.List(ctx, "c", 10, ""); err != nil || len(page) != 1 {
-		t.Errorf("List with a broken replica: %d payments, %v", len(page), err)
+	if page, _, err := s.Payments(ctx, "c", 10, ""); err != nil || len(page) != 1 {
+		t.Errorf("Payments with a broken replica: %d payments, %v", len(page), err)
+	}
+	if _, err := s.Refunds(ctx, "c", p.ID); err != nil {
+		t.Errorf("Refunds with a broken replica: %v", err)
 	}
 }
 
@@ -503,20 +279,23 @@ func TestPayments_LaggingReplicaFallsBackToPrimary(t *testing.T) {
 	// A replica that has not caught up: a database of its own, holding one
 	// older payment the primary does not have, so that answering from it
 	// shows.
-	primaryPool, replicaPool := open(t, testenv.NewDatabase(t, paymentsdb.Migrations)), open(t, testenv.NewDatabase(t, paymentsdb.Migrations))
-	stale := claim(t, paymentsdb.NewPayments(replicaPool, nil), newPayment("c", "replica-only"), "t", lease).Payment
-	repo := paymentsdb.NewPayments(primaryPool, replicaPool)
+	primaryPool, replicaPool := migrated(t), migrated(t)
+	stale := create(t, newStore(t, replicaPool, nil), "c", "replica-only")
+	s := newStore(t, primaryPool, replicaPool)
 	ctx := context.Background()
-	older := claim(t, repo, newPayment("c", "k1"), "t", lease).Payment
-	newer := claim(t, repo, newPayment("c", "k2"), "t", lease).Payment
-	if _, err := repo.Get(ctx, "c", newer.ID); err != nil {
-		t.Errorf("Get of a payment the replica lacks: %v", err)
+	older := create(t, s, "c", "k1")
+	newer := create(t, s, "c", "k2")
+	if _, err := s.Payment(ctx, "c", newer.ID); err != nil {
+		t.Errorf("Payment the replica lacks: %v", err)
 	}
-	page, _, err := repo.List(ctx, "c", 10, newer.ID)
+	page, _, err := s.Payments(ctx, "c", 10, newer.ID)
 	if err != nil || len(page) != 1 || page[0].ID != older.ID {
-		t.Errorf("List after a cursor the replica lacks: %v, %v; want [%s] from the primary, not the replica's %s", ids(page), err, older.ID, stale.ID)
+		t.Errorf("Payments after a cursor the replica lacks: %v, %v; want [%s] from the primary, not the replica's %s", ids(page), err, older.ID, stale.ID)
 	}
-	if _, _, err := repo.List(ctx, "c", 10, "pay_nobody"); !errors.Is(err, paymentsdb.ErrCursorNotFound) {
-		t.Errorf("a cursor neither has: %v, want ErrCursorNotFound", err)
+	if _, _, err := s.Payments(ctx, "c", 10, "pay_nobody"); !errors.Is(err, payments.ErrBadCursor) {
+		t.Errorf("a cursor neither has: %v, want ErrBadCursor", err)
+	}
+	if _, err := s.Refunds(ctx, "c", newer.ID); err != nil {
+		t.Errorf("Refunds of a payment the replica lacks: %v", err)
 	}
 }

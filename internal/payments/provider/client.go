@@ -37,6 +37,13 @@ const (
 	ChargeDeclined  = "declined"
 )
 
+// Refund statuses: the provider's own, and RefundRefused for a refund it
+// answered with a definite no (a 4xx), which refunded nothing.
+const (
+	RefundSucceeded = "succeeded"
+	RefundRefused   = "refused"
+)
+
 // ChargeRequest asks the provider to charge. IdempotencyKey must be stable
 // across retries of the same payment: payservice uses the payment id.
 type ChargeRequest struct {
@@ -57,6 +64,27 @@ type Charge struct {
 	Code      string `json:"code,omitempty"` // why it was declined
 }
 
+// RefundRequest asks the provider to give back part or all of a charge.
+// IdempotencyKey must be stable across retries of the same refund:
+// payservice uses the refund id.
+type RefundRequest struct {
+	IdempotencyKey string
+	Charge         string
+	Amount         int64
+	Reference      string
+}
+
+// Refund is the provider's record of a refund attempt. A refusal is an
+// answer, not an error: Status RefundRefused, with the provider's Code.
+type Refund struct {
+	ID        string `json:"id"`
+	Status    string `json:"status"`
+	Charge    string `json:"charge"`
+	Amount    int64  `json:"amount"`
+	Reference string `json:"reference"`
+	Code      string `json:"code,omitempty"` // why it was refused
+}
+
 // Sentinels for the two ways a call can fail. Every error the client returns
 // matches exactly one of them with errors.Is.
 var (
@@ -70,8 +98,9 @@ var (
 
 // Error describes a failed provider call.
 type Error struct {
-	Op         string        // "charge" or "find charge"
+	Op         string        // "charge", "find charge", "refund" or "find refund"
 	StatusCode int           // HTTP status, or 0 when there was no response
+	Code       string        // the provider's error code, if it gave one
 	RetryAfter time.Duration // from the Retry-After header, 0 when absent
 	Sent       bool          // whether the request may have reached the provider
 	Timeout    bool          // whether the attempt's own timeout expired
@@ -168,6 +197,40 @@ func (c *Client) FindCharge(ctx context.Context, idempotencyKey string) (charge 
 	return list.Data[0], true, nil
 }
 
+// Refund asks the provider to refund. It returns the refund (succeeded, or
+// refused by a 4xx answer other than 429, which refunded nothing) or an
+// *Error matching ErrNotSent or ErrOutcomeUnknown.
+func (c *Client) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
+	body, err := json.Marshal(map[string]any{"charge": req.Charge, "amount": req.Amount, "reference": req.Reference})
+	if err != nil {
+		return Refund{}, &Error{Op: "refund", Err: err}
+	}
+	header := http.Header{"Idempotency-Key": {req.IdempotencyKey}, "Content-Type": {"application/json"}}
+	var refund Refund
+	err = c.do(ctx, "refund", http.MethodPost, "/v1/refunds", header, body, &refund, http.StatusCreated)
+	var perr *Error
+	if errors.As(err, &perr) && perr.StatusCode >= 400 && perr.StatusCode < 500 && perr.StatusCode != http.StatusTooManyRequests {
+		return Refund{Status: RefundRefused, Charge: req.Charge, Amount: req.Amount, Reference: req.Reference, Code: perr.Code}, nil
+	}
+	return refund, err
+}
+
+// FindRefund looks up the refund made with an idempotency key. found is
+// false when the provider has none: then it was never made (or refused).
+func (c *Client) FindRefund(ctx context.Context, idempotencyKey string) (refund Refund, found bool, err error) {
+	var list struct {
+		Data []Refund `json:"data"`
+	}
+	path := "/v1/refunds?idempotency_key=" + url.QueryEscape(idempotencyKey)
+	if err := c.do(ctx, "find refund", http.MethodGet, path, nil, nil, &list, http.StatusOK); err != nil {
+		return Refund{}, false, err
+	}
+	if len(list.Data) == 0 {
+		return Refund{}, false, nil
+	}
+	return list.Data[0], true, nil
+}
+
 // maxResponseBytes bounds what we read from the provider: a misbehaving
 // dependency must not be able to exhaust our memory.
 const maxResponseBytes = 1 << 20
@@ -220,9 +283,14 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 			return nil
 		}
 	}
+	var problem struct {
+		Code string `json:"error"`
+	}
+	_ = json.Unmarshal(data, &problem) // a code if the provider gave one
 	return &Error{
 		Op:         op,
 		StatusCode: resp.StatusCode,
+		Code:       problem.Code,
 		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 		Sent:       true,
 		Err:        fmt.Errorf("unexpected answer: %s", snippet(data)),

@@ -104,6 +104,32 @@ func (r *Resilient) FindCharge(ctx context.Context, idempotencyKey string) (Char
 	return ch, found, err
 }
 
+// Refund is Client.Refund behind the protections, with Charge's error
+// taxonomy.
+func (r *Resilient) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
+	var rf Refund
+	err := r.call(ctx, "refund", func(ctx context.Context) error {
+		var err error
+		rf, err = r.client.Refund(ctx, req)
+		return err
+	})
+	return rf, err
+}
+
+// FindRefund is Client.FindRefund behind the protections.
+func (r *Resilient) FindRefund(ctx context.Context, idempotencyKey string) (Refund, bool, error) {
+	var (
+		rf    Refund
+		found bool
+	)
+	err := r.call(ctx, "find refund", func(ctx context.Context) error {
+		var err error
+		rf, found, err = r.client.FindRefund(ctx, idempotencyKey)
+		return err
+	})
+	return rf, found, err
+}
+
 // Admit reports whether a call would be refused right now without reaching
 // the provider (bulkhead full, breaker open or its half-open probes all
 // taken), as an error matching ErrNotSent. The payments service asks before
