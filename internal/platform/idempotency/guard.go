@@ -52,7 +52,7 @@ type Guard struct {
 
 // Route describes one idempotent POST route of body type T.
 type Route[T any] struct {
-	// Pattern names the route in fingerprints (/v1/payments), so that
+	// Pattern names the route in fingerprints (/v1/orders), so that
 	// equivalent spellings of a path do not differ.
 	Pattern string
 	// Validate checks the decoded body's meaning (and may normalise it);
@@ -164,7 +164,7 @@ func Handle[T any](g *Guard, route Route[T]) http.HandlerFunc {
 
 // routeOf names the request's route for its fingerprint: the pattern, and
 // the values of its path parameters, so that the same key and body sent
-// for two resources (refunds of two payments) do not share a fingerprint.
+// for two resources (the returns of two orders) do not share a fingerprint.
 func routeOf(r *http.Request, pattern string) string {
 	rctx := chi.RouteContext(r.Context())
 	if rctx == nil {

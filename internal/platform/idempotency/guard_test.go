@@ -270,7 +270,7 @@ func TestHandle_GoesOnWithoutRedisWhenItIsDown(t *testing.T) {
 	}
 }
 
-// The same key and body for two resources (refunds of two payments) are
+// The same key and body for two resources (the returns of two orders) are
 // two requests: the path's parameters are part of the fingerprint.
 func TestHandle_PathParametersArePartOfTheFingerprint(t *testing.T) {
 	var fingerprints []string
@@ -309,19 +309,19 @@ func mustMetrics(t *testing.T) *Metrics {
 }
 
 func TestFingerprint_DiffersByEachPart(t *testing.T) {
-	base := Fingerprint("POST", "/v1/payments", "client_a", []byte(`{"a":1}`))
+	base := Fingerprint("POST", "/v1/orders", "client_a", []byte(`{"a":1}`))
 	for _, tt := range []struct{ name, method, route, scope, body string }{
-		{"other method", "PUT", "/v1/payments", "client_a", `{"a":1}`},
-		{"other route", "POST", "/v1/refunds", "client_a", `{"a":1}`},
-		{"other scope", "POST", "/v1/payments", "client_b", `{"a":1}`},
-		{"other body", "POST", "/v1/payments", "client_a", `{"a":2}`},
-		{"parts shifted", "POST", "/v1/payment", "sclient_a", `{"a":1}`},
+		{"other method", "PUT", "/v1/orders", "client_a", `{"a":1}`},
+		{"other route", "POST", "/v1/returns", "client_a", `{"a":1}`},
+		{"other scope", "POST", "/v1/orders", "client_b", `{"a":1}`},
+		{"other body", "POST", "/v1/orders", "client_a", `{"a":2}`},
+		{"parts shifted", "POST", "/v1/order", "sclient_a", `{"a":1}`},
 	} {
 		if Fingerprint(tt.method, tt.route, tt.scope, []byte(tt.body)) == base {
 			t.Errorf("%s: same fingerprint", tt.name)
 		}
 	}
-	if Fingerprint("POST", "/v1/payments", "client_a", []byte(`{"a":1}`)) != base {
+	if Fingerprint("POST", "/v1/orders", "client_a", []byte(`{"a":1}`)) != base {
 		t.Error("the same request gave another fingerprint")
 	}
 }

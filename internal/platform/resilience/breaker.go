@@ -20,7 +20,7 @@ type Outcome int
 
 const (
 	// Success: the dependency is healthy, even if the answer was a "no"
-	// (a declined payment, a 404): that is the caller's business.
+	// (a declined order, a 404): that is the caller's business.
 	Success Outcome = iota
 	// Failure: the dependency is unhealthy (5xx, timeout, network error).
 	Failure

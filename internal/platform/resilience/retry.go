@@ -23,7 +23,8 @@ type RetrySettings struct {
 	// AttemptTimeout is how long one attempt may take. No attempt, the
 	// first included, is started unless this much time is left before the
 	// call's deadline: an attempt cut short by the deadline is wasted
-	// load, for a payment it is one more unknown outcome, and a circuit
+	// load, for a write that is not idempotent it is one more unknown
+	// outcome, and a circuit
 	// breaker cannot count it (it ended with the caller's context, not its
 	// own timeout), so a dependency that hangs would never trip it.
 	AttemptTimeout time.Duration

@@ -104,7 +104,7 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 }
 
 // observe records metrics and an access-log line for every request. It
-// labels by chi's route pattern (/v1/payments/{id}), never the raw path,
+// labels by chi's route pattern (/v1/orders/{id}), never the raw path,
 // so that label cardinality stays bounded whatever clients send.
 func observe(log *slog.Logger, m *httpMetrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
