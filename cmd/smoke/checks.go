@@ -66,6 +66,15 @@ type payment struct {
 	ID               string `json:"id"`
 	Status           string `json:"status"`
 	ProviderChargeID string `json:"provider_charge_id"`
+	AmountRefunded   int64  `json:"amount_refunded"`
+}
+
+// refund holds the fields of a refund that the steps check.
+type refund struct {
+	ID        string `json:"id"`
+	PaymentID string `json:"payment_id"`
+	Amount    int64  `json:"amount"`
+	Status    string `json:"status"`
 }
 
 // checker runs the steps. Later steps check what earlier ones created.
@@ -74,6 +83,10 @@ type checker struct {
 	key     string   // Idempotency-Key of the payment created, and replayed
 	created response // the first answer to it
 	id      string   // the payment it created
+
+	refundKey string   // Idempotency-Key of the refund of it
+	refunded  response // the first answer to it
+	refundID  string
 }
 
 // readiness waits for /health/ready to answer 200 with every check ok: the
@@ -199,6 +212,101 @@ func (c *checker) list(ctx context.Context) error {
 		return fmt.Errorf("payment %s is not among the %d newest", c.id, len(page.Data))
 	}
 	return nil
+}
+
+// refundCall gives back 400 of the payment's 1000.
+func (c *checker) refundCall() call {
+	return call{
+		method: http.MethodPost, path: "/v1/payments/" + url.PathEscape(c.id) + "/refunds", idempotencyKey: c.refundKey,
+		body: `{"amount": 400, "reason": "smoke test"}`,
+	}
+}
+
+func (c *checker) refund(ctx context.Context) error {
+	c.refundKey = "smoke-" + rand.Text()
+	res, err := c.api.do(ctx, c.refundCall())
+	if err != nil {
+		return err
+	}
+	if err := wantStatus(res, http.StatusCreated); err != nil {
+		return err
+	}
+	var r refund
+	if err := decode(res, &r); err != nil {
+		return err
+	}
+	if r.ID == "" || r.Status != "succeeded" || r.PaymentID != c.id || r.Amount != 400 {
+		return fmt.Errorf("want a succeeded refund of 400 of payment %s: %s", c.id, res.body)
+	}
+	c.refunded, c.refundID = res, r.ID
+	return nil
+}
+
+func (c *checker) refundReplay(ctx context.Context) error {
+	res, err := c.api.do(ctx, c.refundCall())
+	if err != nil {
+		return err
+	}
+	if err := wantStatus(res, http.StatusCreated); err != nil {
+		return err
+	}
+	if got := res.header.Get("Idempotent-Replayed"); got != "true" {
+		return fmt.Errorf("header Idempotent-Replayed = %q, want true", got)
+	}
+	if !bytes.Equal(res.body, c.refunded.body) {
+		return fmt.Errorf("body is not the first answer byte for byte:\n  first:  %s\n  replay: %s", c.refunded.body, res.body)
+	}
+	return nil
+}
+
+// overRefund asks for more than the 600 left: refused, nothing refunded.
+func (c *checker) overRefund(ctx context.Context) error {
+	res, err := c.api.do(ctx, call{
+		method: http.MethodPost, path: "/v1/payments/" + url.PathEscape(c.id) + "/refunds", idempotencyKey: "smoke-" + rand.Text(),
+		body: `{"amount": 601}`,
+	})
+	if err != nil {
+		return err
+	}
+	if err := wantProblem(res, http.StatusUnprocessableEntity); err != nil {
+		return err
+	}
+	var prob struct{ Type string }
+	if err := decode(res, &prob); err != nil {
+		return err
+	}
+	if !strings.HasSuffix(prob.Type, "/refund-too-large") {
+		return fmt.Errorf("problem type %q, want one ending /refund-too-large", prob.Type)
+	}
+	return nil
+}
+
+func (c *checker) listRefunds(ctx context.Context) error {
+	res, err := c.api.do(ctx, call{method: http.MethodGet, path: "/v1/payments/" + url.PathEscape(c.id) + "/refunds"})
+	if err != nil {
+		return err
+	}
+	if err := wantStatus(res, http.StatusOK); err != nil {
+		return err
+	}
+	var list struct {
+		Data []refund `json:"data"`
+	}
+	if err := decode(res, &list); err != nil {
+		return err
+	}
+	if len(list.Data) != 1 || list.Data[0].ID != c.refundID {
+		return fmt.Errorf("want the one refund %s: %s", c.refundID, res.body)
+	}
+	res, err = c.api.do(ctx, call{method: http.MethodGet, path: "/v1/payments/" + url.PathEscape(c.id)})
+	if err != nil {
+		return err
+	}
+	p, err := wantPayment(res, http.StatusOK, "succeeded")
+	if err == nil && p.AmountRefunded != 400 {
+		err = fmt.Errorf("amount_refunded %d, want 400: %s", p.AmountRefunded, res.body)
+	}
+	return err
 }
 
 // decline pays an amount the fake provider declines (last digits 402).

@@ -74,6 +74,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		{"replay with the same Idempotency-Key", c.replay},
 		{"get payment", c.get},
 		{"list payments", c.list},
+		{"refund part of the payment", c.refund},
+		{"replay the refund", c.refundReplay},
+		{"refund more than is left", c.overRefund},
+		{"list refunds", c.listRefunds},
 		{"declined payment", c.decline},
 		{"unauthenticated request", c.unauthenticated},
 	}

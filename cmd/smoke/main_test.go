@@ -33,7 +33,8 @@ func TestRun_PassesEveryStepAgainstAConformingService(t *testing.T) {
 
 // stepNames are smoke's steps, in order.
 var stepNames = []string{"readiness", "create payment", "replay with the same Idempotency-Key",
-	"get payment", "list payments", "declined payment", "unauthenticated request"}
+	"get payment", "list payments", "refund part of the payment", "replay the refund", "refund more than is left",
+	"list refunds", "declined payment", "unauthenticated request"}
 
 func TestRun_StopsAtTheFirstFailingStepAndSkipsTheRest(t *testing.T) {
 	tests := []struct {
@@ -44,7 +45,8 @@ func TestRun_StopsAtTheFirstFailingStepAndSkipsTheRest(t *testing.T) {
 	}{
 		{"never ready", &fakeAPI{notReady: true}, 0, "FAIL readiness: not ready within the timeout; last: status 503, want 200"},
 		{"replay not marked", &fakeAPI{unmarkedReplays: true}, 2, "FAIL replay with the same Idempotency-Key: header Idempotent-Replayed"},
-		{"open to anyone", &fakeAPI{openToAll: true}, 6, "FAIL unauthenticated request: status 200, want 401"},
+		{"refunds without limit", &fakeAPI{refundsUnbounded: true}, 7, "FAIL refund more than is left: status 201, want 422"},
+		{"open to anyone", &fakeAPI{openToAll: true}, 10, "FAIL unauthenticated request: status 200, want 401"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,13 +84,16 @@ func TestRun_StopsAtTheFirstFailingStepAndSkipsTheRest(t *testing.T) {
 // fakeAPI is the least of payservice's API that smoke checks.
 // Each switch breaks one contract.
 type fakeAPI struct {
-	notReady        bool // /health/ready answers 503
-	unmarkedReplays bool // replays lack Idempotent-Replayed
-	openToAll       bool // /v1 needs no API key
+	notReady         bool // /health/ready answers 503
+	unmarkedReplays  bool // replays lack Idempotent-Replayed
+	openToAll        bool // /v1 needs no API key
+	refundsUnbounded bool // refunds may exceed the payment
 
-	mu      sync.Mutex
-	answers map[string]answer // the first answer per Idempotency-Key
-	ids     []string          // payments created, oldest first
+	mu       sync.Mutex
+	answers  map[string]answer   // the first answer per Idempotency-Key
+	ids      []string            // payments created, oldest first
+	refunded map[string]int      // payment id → amount refunded
+	refunds  map[string][]string // payment id → its refunds' JSON, oldest first
 }
 
 type answer struct {
@@ -132,11 +137,30 @@ func (f *fakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/payments":
 		var data []string
 		for _, id := range f.ids {
-			data = append([]string{paymentJSON(id, "succeeded")}, data...) // newest first
+			data = append([]string{f.paymentJSON(id, "succeeded")}, data...) // newest first
 		}
 		fmt.Fprintf(w, `{"data":[%s],"has_more":false}`, strings.Join(data, ","))
+	case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/refunds"):
+		id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v1/payments/"), "/refunds")
+		key := "refund " + r.Header.Get("Idempotency-Key")
+		a, seen := f.answers[key]
+		if seen {
+			w.Header().Set("Idempotent-Replayed", "true")
+		} else {
+			a = f.refund(id, r)
+			f.answers[key] = a
+		}
+		if a.status == http.StatusUnprocessableEntity {
+			problem(w, a.status, `,"type":"x/refund-too-large"`)
+			return
+		}
+		w.WriteHeader(a.status)
+		fmt.Fprint(w, a.body)
+	case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/refunds"):
+		id := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/v1/payments/"), "/refunds")
+		fmt.Fprintf(w, `{"data":[%s]}`, strings.Join(f.refunds[id], ","))
 	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/payments/"):
-		fmt.Fprint(w, paymentJSON(strings.TrimPrefix(r.URL.Path, "/v1/payments/"), "succeeded"))
+		fmt.Fprint(w, f.paymentJSON(strings.TrimPrefix(r.URL.Path, "/v1/payments/"), "succeeded"))
 	default:
 		problem(w, http.StatusNotFound, "")
 	}
@@ -150,14 +174,32 @@ func (f *fakeAPI) create(r *http.Request) answer {
 	}
 	id := fmt.Sprintf("pay_%d", len(f.answers)+1)
 	if req.Amount%1000 == 402 {
-		return answer{http.StatusPaymentRequired, paymentJSON(id, "failed")}
+		return answer{http.StatusPaymentRequired, f.paymentJSON(id, "failed")}
 	}
 	f.ids = append(f.ids, id)
-	return answer{http.StatusCreated, paymentJSON(id, "succeeded")}
+	return answer{http.StatusCreated, f.paymentJSON(id, "succeeded")}
 }
 
-func paymentJSON(id, status string) string {
-	return fmt.Sprintf(`{"id":%q,"status":%q,"provider_charge_id":"ch_%s"}`, id, status, id)
+// refund refunds a payment of 1000 (every payment here is).
+func (f *fakeAPI) refund(paymentID string, r *http.Request) answer {
+	var req struct{ Amount int }
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		return answer{http.StatusBadRequest, `{}`}
+	}
+	if f.refunded == nil {
+		f.refunded, f.refunds = map[string]int{}, map[string][]string{}
+	}
+	if f.refunded[paymentID]+req.Amount > 1000 && !f.refundsUnbounded {
+		return answer{http.StatusUnprocessableEntity, ""}
+	}
+	f.refunded[paymentID] += req.Amount
+	body := fmt.Sprintf(`{"id":"re_%d","payment_id":%q,"amount":%d,"status":"succeeded"}`, len(f.answers)+1, paymentID, req.Amount)
+	f.refunds[paymentID] = append(f.refunds[paymentID], body)
+	return answer{http.StatusCreated, body}
+}
+
+func (f *fakeAPI) paymentJSON(id, status string) string {
+	return fmt.Sprintf(`{"id":%q,"status":%q,"provider_charge_id":"ch_%s","amount_refunded":%d}`, id, status, id, f.refunded[id])
 }
 
 // problem writes problem+json; extra is more members, each with a leading comma.
