@@ -259,16 +259,21 @@ func (s *Store) Abandon(ctx context.Context, c idempotency.Claim) error {
 	return commit(tx, "abandon refund "+r.ID)
 }
 
-// Unclaim undoes a claim whose answer was lost: abandon if it created the
-// key, release if it took the key over; fenced by the claim's token.
+// Unclaim undoes a claim whose answer was lost, as idempotency.Keys.Unclaim
+// does: abandon if the claim would have created the key, release if it
+// would have taken an existing one over (whose resource an earlier holder
+// may have sent to the provider); fenced by the claim's token.
 func (s *Store) Unclaim(ctx context.Context, c idempotency.Claim) error {
-	if err := s.Abandon(ctx, c); err == nil || !errors.Is(err, idempotency.ErrLeaseLost) {
-		return err
+	var err error
+	if c.New {
+		err = s.Abandon(ctx, c)
+	} else {
+		err = s.keys.Release(ctx, s.primary, c, false)
 	}
-	if err := s.keys.Release(ctx, s.primary, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
-		return err
+	if errors.Is(err, idempotency.ErrLeaseLost) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // Stale lists pending keys of kind for the reconciler.

@@ -209,6 +209,10 @@ func (k *Keys) Complete(ctx context.Context, q Querier, c Claim, resp Response, 
 	if err != nil {
 		return nil, fmt.Errorf("complete key %q: %w", c.Key, err)
 	}
+	body := resp.Body
+	if body == nil {
+		body = []byte{} // lib/pq sends nil as NULL, which a final answer may not have
+	}
 	query, args := update.with("completed", `
 		UPDATE idempotency_keys
 		SET response_status = $k4, response_header = $k5, response_body = $k6,
@@ -217,7 +221,7 @@ func (k *Keys) Complete(ctx context.Context, q Querier, c Claim, resp Response, 
 		  AND attempted_at <= now() - $k7 * interval '1 millisecond'
 		RETURNING 1`,
 		`SELECT count(*) FROM completed`,
-		c.Scope, c.Key, c.Token, resp.Status, header, resp.Body, idleFor.Milliseconds())
+		c.Scope, c.Key, c.Token, resp.Status, header, body, idleFor.Milliseconds())
 	var n int
 	if err := q.QueryRowContext(ctx, query, args...).Scan(&n); err != nil {
 		return nil, fmt.Errorf("complete key %q: %w", c.Key, err)
@@ -280,17 +284,22 @@ func (k *Keys) Abandon(ctx context.Context, q Querier, c Claim, remove Write) er
 
 // Unclaim undoes a Claim whose answer was lost (it returned an error, so
 // the caller does not know whether it holds the key): it abandons the key
-// if the claim created it, and releases it if the claim took it over. Both
-// are fenced by the claim's token, so otherwise it changes nothing. It is
-// safe only because the caller has done nothing under the claim.
+// if the claim would have created it (c.New), and releases it if the claim
+// would have taken it over, since a record that existed before may stand
+// for work an earlier holder started. Both are fenced by the claim's
+// token, so if the claim never landed it changes nothing. It is safe only
+// because the caller has done nothing under the claim.
 func (k *Keys) Unclaim(ctx context.Context, q Querier, c Claim, remove Write) error {
-	if err := k.Abandon(ctx, q, c, remove); err == nil || !errors.Is(err, ErrLeaseLost) {
-		return err
+	var err error
+	if c.New {
+		err = k.Abandon(ctx, q, c, remove)
+	} else {
+		err = k.Release(ctx, q, c, false)
 	}
-	if err := k.Release(ctx, q, c, false); err != nil && !errors.Is(err, ErrLeaseLost) {
-		return err
+	if errors.Is(err, ErrLeaseLost) {
+		return nil // the claim never landed, or was taken over since
 	}
-	return nil
+	return err
 }
 
 // Stale returns up to limit keys of kind whose work is pending, which
