@@ -93,7 +93,37 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		statuses[s]++
 		statusMu.Unlock()
 	}
-	send := func(rng *rand.Rand, key string, amount int64) (int, bool) {
+	var refundAnswers sync.Map // refund id → amount, from every 2xx answer
+	sendRefund := func(rng *rand.Rand, paymentID, key string, amount int64) (int, bool) {
+		sent.Add(1)
+		srv := servers[rng.IntN(len(servers))]
+		req, _ := http.NewRequest(http.MethodPost, srv.api+"/v1/payments/"+paymentID+"/refunds", strings.NewReader(fmt.Sprintf(`{"amount":%d}`, amount)))
+		req.Header.Set("Authorization", "Bearer key_a")
+		req.Header.Set("Idempotency-Key", key)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			count("refund network error")
+			return 0, false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		count(fmt.Sprint("refund ", resp.StatusCode))
+		if resp.StatusCode/100 == 2 {
+			var r struct {
+				ID     string `json:"id"`
+				Amount int64  `json:"amount"`
+			}
+			if err := json.Unmarshal(body, &r); err != nil || r.ID == "" {
+				t.Errorf("2xx without a refund: %s", body)
+			}
+			refundAnswers.Store(r.ID, r.Amount)
+		}
+		// Refunded, refused by the provider or as too large: the client
+		// has its answer.
+		return resp.StatusCode, resp.StatusCode == 201 || resp.StatusCode == 422
+	}
+	send := func(rng *rand.Rand, key string, amount int64) (int, bool, string) {
 		sent.Add(1)
 		srv := servers[rng.IntN(len(servers))]
 		req, _ := http.NewRequest(http.MethodPost, srv.api+"/v1/payments", strings.NewReader(fmt.Sprintf(`{"amount":%d,"currency":"usd"}`, amount)))
@@ -103,16 +133,16 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			count("network error")
-			return 0, false
+			return 0, false, ""
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		count(fmt.Sprint(resp.StatusCode))
+		var p struct {
+			ID     string `json:"id"`
+			Amount int64  `json:"amount"`
+		}
 		if resp.StatusCode/100 == 2 {
-			var p struct {
-				ID     string `json:"id"`
-				Amount int64  `json:"amount"`
-			}
 			if err := json.Unmarshal(body, &p); err != nil || p.ID == "" {
 				t.Errorf("2xx without a payment: %s", body)
 			}
@@ -120,36 +150,64 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 				t.Errorf("payment %s answered with amounts %d and %d", p.ID, prev, p.Amount)
 			}
 		}
-		return resp.StatusCode, resp.StatusCode == 201 || resp.StatusCode == 402
+		return resp.StatusCode, resp.StatusCode == 201 || resp.StatusCode == 402, p.ID
 	}
 
-	// One logical payment: a first attempt with 0–2 concurrent duplicates,
-	// then retries with jitter until a final answer (or 30 tries). A late
-	// client comes back to an unknown outcome (202) only after 1.6–2.5s.
+	// retry sends a request with 0–2 concurrent duplicates, then retries
+	// it with jitter until a final answer (or 30 tries). A late client
+	// comes back to an unknown outcome (202) only after 1.6–2.5s.
+	retry := func(rng *rand.Rand, late bool, try func(rng *rand.Rand) (status int, final bool)) bool {
+		var dups sync.WaitGroup
+		for range rng.IntN(3) {
+			seed := rng.Uint64()
+			dups.Go(func() { try(rand.New(rand.NewPCG(seed, 1))) })
+		}
+		final, status := false, 0
+		for n := 0; n < 30 && !final; n++ {
+			switch {
+			case n > 0 && late && status == http.StatusAccepted:
+				time.Sleep(time.Duration(1600+rng.IntN(900)) * time.Millisecond)
+			case n > 0:
+				time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+			}
+			status, final = try(rng)
+		}
+		dups.Wait()
+		return final
+	}
+
+	// One logical payment, and for a third of those charged, one or two
+	// refunds (their amounts sometimes more than what is left).
 	payOnce := func(rng *rand.Rand, phase string, worker, n int, late bool) {
 		key := fmt.Sprintf("soak-%s-%d-%d", phase, worker, n)
 		amount := int64(100 + rng.IntN(99_000))
 		if rng.IntN(10) == 0 {
 			amount = amount/1000*1000 + 402 // a decline
 		}
-		var dups sync.WaitGroup
-		for range rng.IntN(3) {
-			seed := rng.Uint64()
-			dups.Go(func() { send(rand.New(rand.NewPCG(seed, 1)), key, amount) })
-		}
-		final, status := false, 0
-		for try := 0; try < 30 && !final; try++ {
-			switch {
-			case try > 0 && late && status == http.StatusAccepted:
-				time.Sleep(time.Duration(1600+rng.IntN(900)) * time.Millisecond)
-			case try > 0:
-				time.Sleep(time.Duration(5+rng.IntN(40)) * time.Millisecond)
+		var (
+			mu        sync.Mutex // the duplicates send too
+			paymentID string
+			charged   bool
+		)
+		final := retry(rng, late, func(rng *rand.Rand) (int, bool) {
+			status, final, id := send(rng, key, amount)
+			if status == http.StatusCreated {
+				mu.Lock()
+				charged, paymentID = true, id
+				mu.Unlock()
 			}
-			status, final = send(rng, key, amount)
-		}
-		dups.Wait()
+			return status, final
+		})
 		if !final {
 			unsettled.Add(1)
+		}
+		if !charged || rng.IntN(3) != 0 {
+			return
+		}
+		for r := range 1 + rng.IntN(2) {
+			refund := 1 + rng.Int64N(amount*2/3)
+			refundKey := fmt.Sprintf("%s-refund-%d", key, r)
+			retry(rng, late, func(rng *rand.Rand) (int, bool) { return sendRefund(rng, paymentID, refundKey, refund) })
 		}
 	}
 
@@ -210,7 +268,8 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	reconcileStart := time.Now()
 	for deadline := reconcileStart.Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var n int
-		_ = pool.QueryRow(`SELECT count(*) FROM payments WHERE status = 'processing'`).Scan(&n)
+		_ = pool.QueryRow(`SELECT (SELECT count(*) FROM payments WHERE status = 'processing') +
+			(SELECT count(*) FROM refunds WHERE status = 'processing')`).Scan(&n)
 		if n == 0 {
 			break
 		}
@@ -219,7 +278,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 			for i, srv := range servers {
 				t.Logf("server %d metrics:\n%s", i, metricLines(t, srv, "payservice_breaker_state", "payservice_reconciler_"))
 			}
-			t.Fatalf("timed out waiting for the reconciler to settle every payment: %d still processing", n)
+			t.Fatalf("timed out waiting for the reconciler to settle every payment and refund: %d still processing", n)
 		}
 	}
 	reconciled := time.Since(reconcileStart).Round(time.Millisecond)
@@ -295,6 +354,80 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		return true
 	})
 
+	// Refunds against the provider's ledger and the payments' amounts.
+	type refundRow struct {
+		paymentID, status, providerID string
+		amount                        int64
+	}
+	refundRows := map[string]refundRow{}
+	rr, err := pool.Query(`SELECT id, payment_id, status, coalesce(provider_refund_id, ''), amount FROM refunds`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rr.Next() {
+		var id string
+		var x refundRow
+		if err := rr.Scan(&id, &x.paymentID, &x.status, &x.providerID, &x.amount); err != nil {
+			t.Fatal(err)
+		}
+		refundRows[id] = x
+	}
+	rr.Close()
+	refundedSucceeded, refundedOverAmount := 0, 0
+	for _, x := range refundRows {
+		if x.status == "succeeded" {
+			refundedSucceeded++
+		}
+		if x.status == "processing" {
+			t.Errorf("a refund is processing after reconciliation")
+		}
+	}
+	providerRefunds := st.fake.Refunds()
+	byCharge := map[string]int64{}
+	for _, pr := range providerRefunds {
+		x, ok := refundRows[pr.IdempotencyKey]
+		switch {
+		case !ok:
+			t.Errorf("provider refund %s (key %s) has no refund: a lost refund", pr.ID, pr.IdempotencyKey)
+		case x.status != "succeeded" || x.providerID != pr.ID || x.amount != pr.Amount:
+			t.Errorf("provider refund %+v does not match refund %+v", pr, x)
+		}
+		byCharge[pr.Charge] += pr.Amount
+	}
+	if len(providerRefunds) != refundedSucceeded {
+		t.Errorf("provider refunds %d != succeeded refunds %d", len(providerRefunds), refundedSucceeded)
+	}
+	var amountsWrong int
+	pr, err := pool.Query(`SELECT p.id, p.amount, p.amount_refunded, p.amount_refund_pending, coalesce(p.provider_charge_id, ''),
+			coalesce((SELECT sum(amount) FROM refunds r WHERE r.payment_id = p.id AND r.status = 'succeeded'), 0)
+		FROM payments p`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pr.Next() {
+		var id, chargeID string
+		var amount, refunded, pending, sum int64
+		if err := pr.Scan(&id, &amount, &refunded, &pending, &chargeID, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if refunded != sum || pending != 0 || refunded > amount || byCharge[chargeID] != refunded {
+			amountsWrong++
+			t.Errorf("payment %s of %d: refunded %d, pending %d, succeeded refunds sum to %d, the provider refunded %d",
+				id, amount, refunded, pending, sum, byCharge[chargeID])
+		}
+		if byCharge[chargeID] > amount {
+			refundedOverAmount++
+		}
+	}
+	pr.Close()
+	refundAnswers.Range(func(id, amount any) bool {
+		if x, ok := refundRows[id.(string)]; !ok || x.amount != amount.(int64) {
+			missing++
+			t.Errorf("a 2xx answer's refund %s (amount %d) is not in Postgres as answered", id, amount)
+		}
+		return true
+	})
+
 	var keys []string
 	for k := range statuses {
 		keys = append(keys, k)
@@ -309,11 +442,12 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 	t.Logf("soak: answers %s", strings.Join(hist, " "))
 	t.Logf("soak: payments %d (succeeded %d, failed %d); provider charges %d (succeeded %d, declined %d)",
 		len(rows), succeeded, failed, len(charges), charged, declined)
+	t.Logf("soak: refunds %d (succeeded %d); provider refunds %d", len(refundRows), refundedSucceeded, len(providerRefunds))
 	for i, srv := range servers {
-		t.Logf("soak: server %d reconciler: %s", i, strings.ReplaceAll(metricLines(t, srv, "payservice_reconciler_payments_total"), "\n", "  "))
+		t.Logf("soak: server %d reconciler: %s", i, strings.ReplaceAll(metricLines(t, srv, "payservice_reconciler_"), "\n", "  "))
 	}
-	t.Logf("soak: invariants: charges=succeeded %v; keys charged twice %d; 2xx answers missing from Postgres %d; processing after reconciliation 0 (after %s)",
-		charged == succeeded, countOver(chargedKeys, 1), missing, reconciled)
+	t.Logf("soak: invariants: charges=succeeded %v; keys charged twice %d; refunds=succeeded refunds %v; payments refunded above their amount %d; refund amounts wrong %d; 2xx answers missing from Postgres %d; processing after reconciliation 0 (after %s)",
+		charged == succeeded, countOver(chargedKeys, 1), len(providerRefunds) == refundedSucceeded, refundedOverAmount, amountsWrong, missing, reconciled)
 }
 
 func countOver(m map[string]int, limit int) int {
