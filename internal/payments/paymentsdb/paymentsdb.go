@@ -93,7 +93,7 @@ func (s *Store) ClaimPayment(ctx context.Context, req idempotency.Request, p pay
 	c, replay, err := s.keys.Claim(ctx, s.primary, req, payments.KindPayment, p.ID, idempotency.Write{
 		SQL: `INSERT INTO payments (id, client_id, amount, currency, description, metadata, status, created_at, updated_at)
 			SELECT $1, $2, $3, $4, $5, $6, 'processing', created_at, created_at FROM claimed`,
-		Args: []any{p.ID, p.ClientID, p.Amount, p.Currency, p.Description, metadata},
+		Args: []any{p.ID, p.ClientID, p.Amount, p.Currency, p.Description, string(metadata)},
 	})
 	out := payments.Claimed[payments.Payment]{Claim: c, Replay: replay}
 	switch {

@@ -221,7 +221,7 @@ func (k *Keys) Complete(ctx context.Context, q Querier, c Claim, resp Response, 
 		  AND attempted_at <= now() - $k7 * interval '1 millisecond'
 		RETURNING 1`,
 		`SELECT count(*) FROM completed`,
-		c.Scope, c.Key, c.Token, resp.Status, header, body, idleFor.Milliseconds())
+		c.Scope, c.Key, c.Token, resp.Status, string(header), body, idleFor.Milliseconds())
 	var n int
 	if err := q.QueryRowContext(ctx, query, args...).Scan(&n); err != nil {
 		return nil, fmt.Errorf("complete key %q: %w", c.Key, err)

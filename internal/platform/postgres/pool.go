@@ -13,10 +13,12 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
-	_ "github.com/lib/pq" // registers the "postgres" driver
+	"github.com/lib/pq"
 
 	"github.com/resiliencekit/payservice/internal/platform/config"
 )
@@ -34,11 +36,28 @@ type PoolConfig struct {
 // Open returns a pool for the Postgres URL. It does not connect: the first
 // query does, so a service can start, report not-ready, and wait for its
 // database instead of crashing in a restart loop.
+//
+// Unless the URL says otherwise, the pool sends each statement with
+// arguments in one round trip (lib/pq's binary_parameters): by default
+// lib/pq spends two, one to prepare the statement and one to run it,
+// which on a write path of two statements is two round trips too many.
+// The price is lib/pq's rule for that mode: a []byte argument is sent
+// as binary data, right for bytea and text columns but refused by
+// Postgres for jsonb and others. Pass JSON as a string.
 func Open(url string, cfg PoolConfig) (*sql.DB, error) {
-	pool, err := sql.Open("postgres", url)
+	pc, err := pq.NewConfig(url)
 	if err != nil {
-		return nil, fmt.Errorf("open postgres pool: %w", err)
+		// Not err: lib/pq may quote the URL, and URLs carry passwords.
+		return nil, errors.New("open postgres pool: the URL does not parse as a Postgres connection string")
 	}
+	if !strings.Contains(url, "binary_parameters") {
+		pc.BinaryParameters = true
+	}
+	connector, err := pq.NewConnectorConfig(pc)
+	if err != nil {
+		return nil, errors.New("open postgres pool: the URL's settings are not valid")
+	}
+	pool := sql.OpenDB(connector)
 	pool.SetMaxOpenConns(cfg.MaxOpenConns)
 	pool.SetMaxIdleConns(cfg.MaxIdleConns)
 	pool.SetConnMaxLifetime(cfg.ConnMaxLifetime)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
@@ -174,5 +175,41 @@ func TestLeader_CancelledCheckKeepsTheLockUntilResign(t *testing.T) {
 	}
 	if ok, err := b.Lead(ctx); !ok || err != nil {
 		t.Fatalf("b.Lead after a resigned = %v, %v; want leadership", ok, err)
+	}
+}
+
+// Open sends statements in lib/pq's one-round-trip mode, whose mark is
+// that a []byte argument travels as binary data: right for bytea, refused
+// for jsonb (a string is the way to pass JSON). A URL that sets the mode
+// itself keeps its choice.
+func TestOpen_SendsArgumentsInOneRoundTripUnlessTheURLSaysOtherwise(t *testing.T) {
+	url := testenv.NewDatabase(t)
+	ctx := context.Background()
+	var back []byte
+	var js string
+	oneTrip := open(t, url)
+	if err := oneTrip.QueryRowContext(ctx, `SELECT $1::bytea`, []byte{0, 1, 0xff}).Scan(&back); err != nil || string(back) != "\x00\x01\xff" {
+		t.Errorf("bytea from []byte: %q, %v; want the bytes back", back, err)
+	}
+	if err := oneTrip.QueryRowContext(ctx, `SELECT $1::jsonb::text`, `{"a": 1}`).Scan(&js); err != nil || js != `{"a": 1}` {
+		t.Errorf("jsonb from a string: %q, %v", js, err)
+	}
+	if err := oneTrip.QueryRowContext(ctx, `SELECT $1::jsonb::text`, []byte(`{"a": 1}`)).Scan(&js); err == nil {
+		t.Errorf("jsonb from []byte was accepted (%q): the pool does not send arguments in binary mode", js)
+	}
+
+	twoTrips := open(t, url+"&binary_parameters=no")
+	if err := twoTrips.QueryRowContext(ctx, `SELECT $1::jsonb::text`, []byte(`{"a": 1}`)).Scan(&js); err != nil {
+		t.Errorf("with binary_parameters=no in the URL, jsonb from []byte: %v", err)
+	}
+}
+
+func TestOpen_RefusesABadURLWithoutEchoingIt(t *testing.T) {
+	_, err := postgres.Open("postgres://user:s3cret@[::1/db", postgres.PoolConfig{})
+	if err == nil {
+		t.Fatal("a URL that does not parse was accepted")
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("the error shows the password: %v", err)
 	}
 }
