@@ -26,6 +26,7 @@ var (
 	warmup   = flag.Duration("warmup", time.Second, "warm-up of every phase on each server before the first round, not counted")
 	server   = flag.String("server", "", "payservice server binary to run; empty: build the service's ./cmd/server")
 	logLevel = flag.String("log-level", "warn", "the service's LOG_LEVEL; info adds its access log, a line per request")
+	profile  = flag.String("service-cpuprofile", "", "write a CPU profile of the service during its first round of new payments to this file (go tool pprof it)")
 )
 
 // maxErrorRatio is the share of wrong answers in any one measurement above
@@ -133,7 +134,17 @@ func TestWritePath(t *testing.T) {
 	for r := range *rounds {
 		for _, ph := range phases {
 			for _, tg := range targets {
+				var profiled <-chan error
+				if *profile != "" && r == 0 && ph == newPayments && tg.name == "service" {
+					profiled = cpuProfile(ctx, "http://"+adminAddr, *duration, *profile)
+				}
 				m := run(ctx, tg, ph, *clients, *duration, fmt.Sprintf("%s-%s-r%d", run1, tg.name, r))
+				if profiled != nil {
+					if err := <-profiled; err != nil {
+						t.Fatal(err)
+					}
+					fmt.Fprintf(out, "CPU profile of the service's new payments: %s\n", *profile)
+				}
 				count(ph, m)
 				results[tg.name][ph] = append(results[tg.name][ph], m)
 				fmt.Fprintf(out, "round %d/%d  %-6s %-7s %7.0f/s  p50 %8s  p99 %8s  CPU %5.0fµs/answer  errors %d\n", r+1, *rounds, ph, tg.name,
