@@ -80,7 +80,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 func usage(w io.Writer) {
-	fmt.Fprintf(w, `payservice %s: a payment API that shows resilience patterns in running code.
+	fmt.Fprintf(w, `%s %s: %s.
 
 Usage:
   server [serve]      run the HTTP API (HTTP_ADDR) and admin endpoints (ADMIN_ADDR)
@@ -89,6 +89,6 @@ Usage:
   server -h           show this help
 
 Environment:
-`, version)
+`, app.Name, version, app.Description)
 	app.Usage(w)
 }

@@ -33,6 +33,9 @@ import (
 // its authentication realm, its Redis keys.
 const Name = "payservice"
 
+// Description is the one line `server -h` says the service is.
+const Description = "a payment API that shows resilience patterns in running code"
+
 // problemTypes prefixes the type URI of every problem the API answers
 // with. The .example domain is reserved (RFC 2606): point it at your API's
 // documentation when you adopt the template.
