@@ -146,16 +146,6 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 // Observe counts one outcome.
 func (m *Metrics) Observe(outcome string) { m.outcomes.WithLabelValues(outcome).Inc() }
 
-// observeErr counts the outcome a claim's error stands for, if any.
-func (m *Metrics) observeErr(err error) {
-	switch {
-	case errors.Is(err, ErrInFlight):
-		m.Observe(OutcomeInFlight)
-	case errors.Is(err, ErrKeyReused):
-		m.Observe(OutcomeMismatch)
-	}
-}
-
 // Config times the claims on keys and the fast path.
 type Config struct {
 	// Lease is how long a claim holds a key before another request may
