@@ -15,6 +15,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
+	neturl "net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,8 +47,13 @@ type PoolConfig struct {
 // The price is lib/pq's rule for that mode: a []byte argument is sent
 // as binary data, right for bytea and text columns but refused by
 // Postgres for jsonb and others. Pass JSON as a string.
+//
+// For failover, give the URL every host and target_session_attrs=read-write
+// (postgres://u:p@pg-a:5432,pg-b:5432/db?target_session_attrs=read-write):
+// new connections then go to whichever host takes writes, and a connection
+// that meets a demoted or departing server is discarded, not reused.
 func Open(url string, cfg PoolConfig) (*sql.DB, error) {
-	pc, err := pq.NewConfig(url)
+	pc, err := pq.NewConfig(multiHostURL(url))
 	if err != nil {
 		// Not err: lib/pq may quote the URL, and URLs carry passwords.
 		return nil, errors.New("open postgres pool: the URL does not parse as a Postgres connection string")
@@ -57,7 +65,7 @@ func Open(url string, cfg PoolConfig) (*sql.DB, error) {
 	if err != nil {
 		return nil, errors.New("open postgres pool: the URL's settings are not valid")
 	}
-	pool := sql.OpenDB(connector)
+	pool := sql.OpenDB(failoverConnector{connector})
 	pool.SetMaxOpenConns(cfg.MaxOpenConns)
 	pool.SetMaxIdleConns(cfg.MaxIdleConns)
 	pool.SetConnMaxLifetime(cfg.ConnMaxLifetime)
@@ -112,4 +120,70 @@ func (c Config) Check() []error {
 		return []error{fmt.Errorf("DB_MAX_IDLE_CONNS=%d must not exceed DB_MAX_OPEN_CONNS=%d", c.Pool.MaxIdleConns, c.Pool.MaxOpenConns)}
 	}
 	return nil
+}
+
+// multiHostURL rewrites a URL with several host:port pairs
+// (postgres://u:p@pg-a:5432,pg-b:5433/db), as libpq accepts it, into the
+// keyword form lib/pq reads correctly (host=pg-a,pg-b port=5432,5433 ...):
+// given the URL, lib/pq takes the last ":port" for every host, and cannot
+// parse an IPv6 host in the list at all. Anything else is returned as it
+// is.
+func multiHostURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok || (scheme != "postgres" && scheme != "postgresql") {
+		return raw
+	}
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo, hostlist := "", authority
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		userinfo, hostlist = authority[:at], authority[at+1:]
+	}
+	if !strings.Contains(hostlist, ",") {
+		return raw
+	}
+	// The rest (user, password, database, parameters) as a URL with one
+	// host parses as usual.
+	if userinfo != "" {
+		userinfo += "@"
+	}
+	u, err := neturl.Parse(scheme + "://" + userinfo + "placeholder" + tail)
+	if err != nil {
+		return raw // lib/pq will say what is wrong
+	}
+	var hosts, ports []string
+	for _, hp := range strings.Split(hostlist, ",") {
+		host, port, err := net.SplitHostPort(hp)
+		if err != nil { // no port: the default
+			host, port = strings.Trim(hp, "[]"), ""
+		}
+		hosts, ports = append(hosts, host), append(ports, port)
+	}
+	quote := strings.NewReplacer(`'`, `\'`, `\`, `\\`).Replace
+	kv := []string{"host='" + quote(strings.Join(hosts, ",")) + "'"}
+	if slices.ContainsFunc(ports, func(p string) bool { return p != "" }) {
+		kv = append(kv, "port='"+quote(strings.Join(ports, ","))+"'")
+	}
+	if u.User != nil {
+		kv = append(kv, "user='"+quote(u.User.Username())+"'")
+		if pw, ok := u.User.Password(); ok {
+			kv = append(kv, "password='"+quote(pw)+"'")
+		}
+	}
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
+		kv = append(kv, "dbname='"+quote(db)+"'")
+	}
+	q := u.Query()
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		kv = append(kv, k+"='"+quote(q.Get(k))+"'")
+	}
+	return strings.Join(kv, " ")
 }

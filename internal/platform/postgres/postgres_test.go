@@ -3,13 +3,19 @@ package postgres_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	neturl "net/url"
 	"strings"
 	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/lib/pq"
 
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
@@ -211,5 +217,133 @@ func TestOpen_RefusesABadURLWithoutEchoingIt(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "s3cret") {
 		t.Errorf("the error shows the password: %v", err)
+	}
+}
+
+func backendPID(t *testing.T, pool *sql.DB) int {
+	t.Helper()
+	var pid int
+	if err := pool.QueryRow(`SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// A primary demoted to read-only keeps its connections working for reads
+// and refuses every write with 25006. The pool must drop such a
+// connection at the first refusal, not hand it out again until its
+// lifetime ends: the next write opens a new one.
+func TestOpen_DiscardsAConnectionWhoseServerTurnedReadOnly(t *testing.T) {
+	pool, err := postgres.Open(testenv.NewDatabase(t), postgres.PoolConfig{MaxOpenConns: 1, MaxIdleConns: 1, ConnMaxLifetime: time.Hour, ConnMaxIdleTime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	if _, err := pool.Exec(`CREATE TABLE t (n int)`); err != nil {
+		t.Fatal(err)
+	}
+	before := backendPID(t, pool)
+	// The one connection now behaves as one to a demoted primary does.
+	if _, err := pool.Exec(`SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pool.Exec(`INSERT INTO t VALUES ($1)`, 1)
+	if !postgres.Disqualifies(err) {
+		t.Fatalf("a write on a read-only session: %v; want 25006, which disqualifies the connection", err)
+	}
+	if _, err := pool.Exec(`INSERT INTO t VALUES ($1)`, 2); err != nil {
+		t.Fatalf("the next write: %v; want it on a new connection", err)
+	}
+	if after := backendPID(t, pool); after == before {
+		t.Errorf("still backend %d: the read-only connection was reused", before)
+	}
+}
+
+// A connection whose backend the server ended (a primary shutting down)
+// fails once; the pool then opens a new one.
+func TestOpen_DiscardsAConnectionItsServerTerminated(t *testing.T) {
+	url := testenv.NewDatabase(t)
+	pool, err := postgres.Open(url, postgres.PoolConfig{MaxOpenConns: 1, MaxIdleConns: 1, ConnMaxLifetime: time.Hour, ConnMaxIdleTime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	before := backendPID(t, pool)
+	admin := open(t, url)
+	if _, err := admin.Exec(`SELECT pg_terminate_backend($1)`, before); err != nil {
+		t.Fatal(err)
+	}
+	_ = pool.Ping() // meets the terminated session, or already a new one
+	if after := backendPID(t, pool); after == before {
+		t.Errorf("still backend %d after it was terminated", before)
+	}
+}
+
+// With every host in the URL and target_session_attrs=read-write, new
+// connections skip a host that does not take writes (a standby, or a
+// former primary) and land on the one that does.
+func TestOpen_MultiHostURLConnectsToTheHostThatTakesWrites(t *testing.T) {
+	readOnly := testenv.NewPostgresServer(t, "-c", "default_transaction_read_only=on")
+	primary := testenv.NewDatabase(t)
+	ro, err := neturl.Parse(readOnly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw, err := neturl.Parse(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both servers share the user and password; the database is the
+	// primary's, which the read-only server need not have: lib/pq asks
+	// about writes before anything else.
+	multi := *rw
+	multi.Host = ro.Host + "," + rw.Host // host:port,host:port, as libpq spells it
+	q := multi.Query()
+	q.Set("target_session_attrs", "read-write")
+	multi.RawQuery = q.Encode()
+
+	pool := open(t, multi.String())
+	for i := range 5 { // a new connection each round, the read-only host tried first
+		var port string
+		if err := pool.QueryRow(`SELECT current_setting('port') || ':' || current_setting('transaction_read_only')`).Scan(&port); err != nil {
+			t.Fatalf("%q: %v", multi.String(), err)
+		}
+		if !strings.HasSuffix(port, ":off") {
+			t.Fatalf("connection %d is read-only (%s): target_session_attrs=read-write did not pick the primary", i, port)
+		}
+		if _, err := pool.Exec(`CREATE TABLE IF NOT EXISTS w (n int)`); err != nil {
+			t.Fatalf("a write through the multi-host URL: %v", err)
+		}
+		pool.SetMaxIdleConns(0) // the next round opens a new connection
+		pool.SetMaxIdleConns(5)
+	}
+
+	// The control: the read-only server alone refuses writes, so the
+	// rounds above did meet a choice.
+	roPool := open(t, readOnly)
+	if _, err := roPool.Exec(`CREATE TABLE w (n int)`); !postgres.Disqualifies(err) {
+		t.Fatalf("a write on the read-only server: %v; want 25006", err)
+	}
+}
+
+func TestDisqualifies(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&pq.Error{Code: "25006"}, true},
+		{&pq.Error{Code: "57P01"}, true},
+		{&pq.Error{Code: "57P03"}, true},
+		{&pq.Error{Code: "08006"}, true},
+		{fmt.Errorf("claim: %w", &pq.Error{Code: "08001"}), true},
+		{driver.ErrBadConn, true},
+		{&pq.Error{Code: "23505"}, false}, // unique violation: the connection is fine
+		{&pq.Error{Code: "40001"}, false}, // serialization failure
+		{errors.New("other"), false},
+		{nil, false},
+	} {
+		if got := postgres.Disqualifies(tc.err); got != tc.want {
+			t.Errorf("Disqualifies(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

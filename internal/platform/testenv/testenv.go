@@ -249,3 +249,36 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// NewPostgresServer starts a Postgres server of the test's own, with extra
+// server settings (say "-c", "default_transaction_read_only=on"), and
+// returns its admin URL. It is terminated when the test ends. Tests of
+// failover use it where the shared server cannot play the part.
+func NewPostgresServer(t testing.TB, serverArgs ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	image := Image("TEST_POSTGRES_IMAGE", DefaultPostgresImage)
+	c, err := tcpostgres.Run(ctx, image,
+		tcpostgres.WithDatabase("postgres"),
+		tcpostgres.WithUsername("postgres"),
+		tcpostgres.WithPassword("postgres"),
+		tcpostgres.BasicWaitStrategies(),
+		testcontainers.WithCmdArgs(serverArgs...),
+	)
+	if c != nil {
+		t.Cleanup(func() {
+			if err := testcontainers.TerminateContainer(c); err != nil {
+				t.Errorf("testenv: terminate postgres: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("testenv: "+dockerHelp, image, err)
+	}
+	dsn, err := c.ConnectionString(ctx, "sslmode=disable")
+	if err != nil {
+		t.Fatalf("testenv: postgres connection string: %v", err)
+	}
+	return dsn
+}

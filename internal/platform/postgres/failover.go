@@ -1,0 +1,156 @@
+package postgres
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"sync/atomic"
+
+	"github.com/lib/pq"
+)
+
+// After a failover, the connections a pool holds are the problem: they
+// point at the old primary. If it died, they fail once and lib/pq marks
+// them broken. If it lives on demoted (now a standby, or fenced read-only),
+// they keep working for reads and refuse every write with SQLSTATE 25006,
+// and database/sql, which knows nothing of Postgres, would hand them out
+// until DB_CONN_MAX_LIFETIME. A multi-host DATABASE_URL with
+// target_session_attrs=read-write only helps new connections find the new
+// primary; these old ones must go first.
+//
+// failoverConnector wraps every connection so that an error saying "this
+// server can no longer take your writes" or "this server is going away"
+// marks it for discarding: database/sql then closes it instead of reusing
+// it, and the next statement opens a connection to whichever host is the
+// primary now. The statement that met the error still fails: whether a
+// write reached the old primary before it went away is not this layer's to
+// guess. (The at-most-once design makes that retry the caller's: the same
+// Idempotency-Key claims or replays the same record.)
+type failoverConnector struct{ driver.Connector }
+
+func (c failoverConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	cn, err := c.Connector.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &failoverConn{Conn: cn}, nil
+}
+
+// Disqualifies reports whether err means the connection it came from
+// should not be used again: its server is read-only now (25006, a demoted
+// primary), shutting down or crashed (57P01, 57P02, 57P03), or the
+// connection itself failed (class 08).
+func Disqualifies(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) {
+		return true
+	}
+	var pqErr *pq.Error
+	if !errors.As(err, &pqErr) {
+		return false
+	}
+	switch pqErr.Code {
+	case "25006", "57P01", "57P02", "57P03":
+		return true
+	}
+	return pqErr.Code.Class() == "08"
+}
+
+// failoverConn is a lib/pq connection that remembers a disqualifying
+// error. It forwards every interface of lib/pq's connection that
+// database/sql uses.
+type failoverConn struct {
+	driver.Conn
+	disqualified atomic.Bool
+}
+
+func (c *failoverConn) note(err error) error {
+	if err != nil && Disqualifies(err) {
+		c.disqualified.Store(true)
+	}
+	return err
+}
+
+func (c *failoverConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	res, err := c.Conn.(driver.ExecerContext).ExecContext(ctx, query, args)
+	return res, c.note(err)
+}
+
+func (c *failoverConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	rows, err := c.Conn.(driver.QueryerContext).QueryContext(ctx, query, args)
+	return rows, c.note(err)
+}
+
+func (c *failoverConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	st, err := c.Conn.(driver.ConnPrepareContext).PrepareContext(ctx, query)
+	if err != nil {
+		return nil, c.note(err)
+	}
+	return &failoverStmt{Stmt: st, conn: c}, nil
+}
+
+func (c *failoverConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	tx, err := c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	if err != nil {
+		return nil, c.note(err)
+	}
+	return &failoverTx{Tx: tx, conn: c}, nil
+}
+
+func (c *failoverConn) Ping(ctx context.Context) error {
+	return c.note(c.Conn.(driver.Pinger).Ping(ctx))
+}
+
+// ResetSession runs before a connection is reused: ErrBadConn makes
+// database/sql discard it.
+func (c *failoverConn) ResetSession(ctx context.Context) error {
+	if c.disqualified.Load() {
+		return driver.ErrBadConn
+	}
+	return c.Conn.(driver.SessionResetter).ResetSession(ctx)
+}
+
+// IsValid runs before a connection goes back to the pool.
+func (c *failoverConn) IsValid() bool {
+	return !c.disqualified.Load() && c.Conn.(driver.Validator).IsValid()
+}
+
+func (c *failoverConn) CheckNamedValue(nv *driver.NamedValue) error {
+	return c.Conn.(driver.NamedValueChecker).CheckNamedValue(nv)
+}
+
+type failoverTx struct {
+	driver.Tx
+	conn *failoverConn
+}
+
+func (t *failoverTx) Commit() error   { return t.conn.note(t.Tx.Commit()) }
+func (t *failoverTx) Rollback() error { return t.conn.note(t.Tx.Rollback()) }
+
+type failoverStmt struct {
+	driver.Stmt
+	conn *failoverConn
+}
+
+func (s *failoverStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	res, err := s.Stmt.(driver.StmtExecContext).ExecContext(ctx, args)
+	return res, s.conn.note(err)
+}
+
+func (s *failoverStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	rows, err := s.Stmt.(driver.StmtQueryContext).QueryContext(ctx, args)
+	return rows, s.conn.note(err)
+}
+
+// Compile-time checks: the wrapper offers what database/sql looks for.
+var (
+	_ driver.ExecerContext      = (*failoverConn)(nil)
+	_ driver.QueryerContext     = (*failoverConn)(nil)
+	_ driver.ConnPrepareContext = (*failoverConn)(nil)
+	_ driver.ConnBeginTx        = (*failoverConn)(nil)
+	_ driver.Pinger             = (*failoverConn)(nil)
+	_ driver.SessionResetter    = (*failoverConn)(nil)
+	_ driver.Validator          = (*failoverConn)(nil)
+	_ driver.NamedValueChecker  = (*failoverConn)(nil)
+	_ driver.StmtExecContext    = (*failoverStmt)(nil)
+	_ driver.StmtQueryContext   = (*failoverStmt)(nil)
+)
