@@ -76,6 +76,14 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	// at SHUTDOWN_TIMEOUT: database/sql closes each one when it is released.
 	defer closePools(log, primary, replica)
 
+	// Which server takes writes, how far the replica lags, and so where
+	// a read that may be stale goes; measured until the signal (reads
+	// during the drain then go to the primary, which is never stale).
+	topology, err := postgres.NewTopology(primary, replica, cfg.Postgres.ReplicaMaxLag, reg, log)
+	if err != nil {
+		return err
+	}
+
 	rdb, err := redisclient.New(cfg.Redis)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
@@ -107,7 +115,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		return err
 	}
 	svc := payments.NewService(payments.Config{
-		Store:         paymentsdb.New(primary, replica, keys),
+		Store:         paymentsdb.New(primary, topology, keys),
 		Provider:      charges,
 		Views:         paymentsapi.Views{ProblemTypes: problemTypes},
 		Lease:         cfg.Idempotency.Lease,
@@ -168,6 +176,9 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		Public: []server.Listener{{Name: "api", Server: server.NewHTTP(handler, cfg.HTTP, base, log), Listener: apiLn}},
 		Admin:  server.Listener{Name: "admin", Server: server.NewHTTP(server.NewAdminHandler(registry), cfg.HTTP, base, log), Listener: adminLn},
 		Tasks: []func(context.Context) error{func(ctx context.Context) error {
+			topology.Run(ctx)
+			return nil
+		}, func(ctx context.Context) error {
 			if err := postgres.PrepareSchema(ctx, primary, cfg.Postgres.MigrateOnStart, log, migrations...); err != nil {
 				return err
 			}

@@ -41,22 +41,33 @@ func mustSub(fsys fs.FS, dir string) fs.FS {
 }
 
 // Store is payments.Store on Postgres. Reads that may be slightly stale go
-// to the replica when there is one; everything else to the primary.
+// where Reads says (a replica within its lag bound); everything else to
+// the primary.
 type Store struct {
 	primary *sql.DB
-	replica *sql.DB
+	reads   Reads
 	keys    *idempotency.Keys
 }
 
 var _ payments.Store = (*Store)(nil)
 
-// New returns a store over primary, reading from replica when it is not
-// nil, with keys' records in the same database.
-func New(primary, replica *sql.DB, keys *idempotency.Keys) *Store {
-	if replica == nil {
-		replica = primary
+// Reads picks the pool for a read that may be stale: postgres.Topology,
+// which sends it to the replica only while the replica's lag is within
+// its bound.
+type Reads interface{ ReadPool() *sql.DB }
+
+// New returns a store over primary, sending reads that may be stale where
+// reads says (nil: the primary), with keys' records in the same database.
+func New(primary *sql.DB, reads Reads, keys *idempotency.Keys) *Store {
+	return &Store{primary: primary, reads: reads, keys: keys}
+}
+
+// readPool is the pool for a read that may be stale.
+func (s *Store) readPool() *sql.DB {
+	if s.reads == nil {
+		return s.primary
 	}
-	return &Store{primary: primary, replica: replica, keys: keys}
+	return s.reads.ReadPool()
 }
 
 const paymentColumns = `id, client_id, amount, currency, description, metadata, status,
@@ -292,8 +303,9 @@ func (s *Store) Take(ctx context.Context, c *idempotency.Claim) error {
 // it.
 func (s *Store) Payment(ctx context.Context, clientID, id string) (payments.Payment, error) {
 	const q = `SELECT ` + paymentColumns + ` FROM payments WHERE client_id = $1 AND id = $2`
-	p, err := scanPayment(s.replica.QueryRowContext(ctx, q, clientID, id))
-	if err != nil && s.replica != s.primary {
+	pool := s.readPool()
+	p, err := scanPayment(pool.QueryRowContext(ctx, q, clientID, id))
+	if err != nil && pool != s.primary {
 		p, err = scanPayment(s.primary.QueryRowContext(ctx, q, clientID, id))
 	}
 	if err != nil {
@@ -318,8 +330,9 @@ func (s *Store) PaymentByID(ctx context.Context, id string) (payments.Payment, e
 // just created must not be told its cursor does not exist because the
 // replica lags.
 func (s *Store) Payments(ctx context.Context, clientID string, limit int, startingAfter string) ([]payments.Payment, bool, error) {
-	page, hasMore, err := s.payments(ctx, s.replica, clientID, limit, startingAfter)
-	if err != nil && s.replica != s.primary {
+	pool := s.readPool()
+	page, hasMore, err := s.payments(ctx, pool, clientID, limit, startingAfter)
+	if err != nil && pool != s.primary {
 		page, hasMore, err = s.payments(ctx, s.primary, clientID, limit, startingAfter)
 	}
 	return page, hasMore, err
@@ -397,8 +410,9 @@ func refundByID(ctx context.Context, q idempotency.Querier, id string) (payments
 // Refunds lists the refunds of the client's payment, newest first, from
 // the replica, or the primary when the replica lacks the payment.
 func (s *Store) Refunds(ctx context.Context, clientID, paymentID string) ([]payments.Refund, error) {
-	refunds, err := s.refunds(ctx, s.replica, clientID, paymentID)
-	if err != nil && s.replica != s.primary {
+	pool := s.readPool()
+	refunds, err := s.refunds(ctx, pool, clientID, paymentID)
+	if err != nil && pool != s.primary {
 		refunds, err = s.refunds(ctx, s.primary, clientID, paymentID)
 	}
 	return refunds, err

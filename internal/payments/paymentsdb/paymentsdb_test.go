@@ -158,11 +158,21 @@ func metrics(t *testing.T) *idempotency.Metrics {
 	return m
 }
 
+// alwaysReplica sends every read that may be stale to one pool, as a
+// topology does while its replica is within the lag bound.
+type alwaysReplica struct{ pool *sql.DB }
+
+func (a alwaysReplica) ReadPool() *sql.DB { return a.pool }
+
 // newStore returns a store on a fresh database, reading from replica if
 // it is not nil.
 func newStore(t *testing.T, primary, replica *sql.DB) *paymentsdb.Store {
 	t.Helper()
-	return paymentsdb.New(primary, replica, &idempotency.Keys{Lease: time.Minute, Metrics: metrics(t)})
+	var reads paymentsdb.Reads
+	if replica != nil {
+		reads = alwaysReplica{replica}
+	}
+	return paymentsdb.New(primary, reads, &idempotency.Keys{Lease: time.Minute, Metrics: metrics(t)})
 }
 
 func migrated(t *testing.T) *sql.DB {

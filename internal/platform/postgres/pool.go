@@ -84,7 +84,10 @@ func Ping(ctx context.Context, pool *sql.DB, timeout time.Duration) error {
 type Config struct {
 	URL        string // the primary
 	ReplicaURL string // optional: a read replica for reads that may lag
-	Pool       PoolConfig
+	// ReplicaMaxLag bounds how stale a replica read may be: beyond it, or
+	// while it is unknown, reads go to the primary (see Topology).
+	ReplicaMaxLag time.Duration
+	Pool          PoolConfig
 	// MigrateOnStart applies migrations at start-up; false waits for a
 	// separate migration job to have applied them.
 	MigrateOnStart bool
@@ -96,17 +99,19 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Pool:           PoolConfig{MaxOpenConns: 20, MaxIdleConns: 20, ConnMaxLifetime: 30 * time.Minute, ConnMaxIdleTime: 5 * time.Minute},
+		ReplicaMaxLag:  time.Second,
 		MigrateOnStart: true,
 	}
 }
 
 var schemes = []string{"postgres", "postgresql"}
 
-// Bind declares the variables: DATABASE_URL, DATABASE_REPLICA_URL, DB_*
-// and MIGRATE_ON_START, after b's prefix.
+// Bind declares the variables: DATABASE_URL, DATABASE_REPLICA_URL,
+// DATABASE_REPLICA_MAX_LAG, DB_* and MIGRATE_ON_START, after b's prefix.
 func (c *Config) Bind(b *config.Binder) {
-	b.URL("DATABASE_URL", &c.URL, schemes, "primary Postgres URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable").Required()
+	b.URL("DATABASE_URL", &c.URL, schemes, "primary Postgres URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable; for failover list every host and add target_session_attrs=read-write").Required()
 	b.URL("DATABASE_REPLICA_URL", &c.ReplicaURL, schemes, "optional read-replica Postgres URL for reads; they fall back to the primary when it fails")
+	b.Duration("DATABASE_REPLICA_MAX_LAG", &c.ReplicaMaxLag, "reads go to the primary while the replica lags more than this, or its lag is unknown (measured every 250ms)")
 	b.Int("DB_MAX_OPEN_CONNS", &c.Pool.MaxOpenConns, 2, 1000, "maximum open connections per pool, at least 2 (a leader holds one); keep replicas × this below Postgres max_connections")
 	b.Int("DB_MAX_IDLE_CONNS", &c.Pool.MaxIdleConns, 0, 1000, "idle connections kept per pool (≤ DB_MAX_OPEN_CONNS); below it, every burst closes and reopens connections")
 	b.Duration("DB_CONN_MAX_LIFETIME", &c.Pool.ConnMaxLifetime, "recycle connections after this long, so failovers and DNS changes are picked up")

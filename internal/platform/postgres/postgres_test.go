@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
@@ -346,4 +347,51 @@ func TestDisqualifies(t *testing.T) {
 			t.Errorf("Disqualifies(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
+}
+
+// Against real servers: a server that is not in recovery has no lag, so
+// reads go to it; the writer is reported as address:port, in the metric
+// too.
+func TestTopology_MeasuresRealServers(t *testing.T) {
+	url := testenv.NewDatabase(t)
+	primary, replica := open(t, url), open(t, url)
+	reg := prometheus.NewRegistry()
+	top, err := postgres.NewTopology(primary, replica, time.Second, reg, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	top.Probe(context.Background())
+	if top.ReadPool() != replica {
+		t.Error("a replica with no lag did not get the read")
+	}
+	writer := top.Writer()
+	if _, port, ok := strings.Cut(writer, ":"); !ok || port != "5432" {
+		t.Errorf("writer %q, want address:5432 (the server's own port)", writer)
+	}
+	if got := gaugeValue(t, reg, "postgres_writer_info", writer); got != 1 {
+		t.Errorf("postgres_writer_info{server=%q} = %v, want 1", writer, got)
+	}
+}
+
+// gaugeValue returns the value of the gauge name{server=server}.
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name, server string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "server" && l.GetValue() == server {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{server=%q}", name, server)
+	return 0
 }
