@@ -1,6 +1,7 @@
 package payments_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lib/pq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -361,4 +363,66 @@ func (u unknownStatusFor) FindCharge(ctx context.Context, key string) (provider.
 		return provider.Charge{ID: "ch_x", Status: "pending"}, true, nil
 	}
 	return u.Provider.FindCharge(ctx, key)
+}
+
+// A failover cuts the settle off: its statement commits on the old
+// primary, and the connection dies before the answer comes back (57P01,
+// the server shutting down). The provider has charged; the answer must
+// not be lost. The service retries the settle, which finds the key
+// complete and returns the stored answer: 201, settled, one charge.
+func TestCreate_ASettleCutOffByAFailoverIsRetriedAndRecorded(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	var once sync.Once
+	cut := 0
+	f.spy.After(func(query string) error {
+		var err error
+		if strings.Contains(query, "SET response_status") {
+			once.Do(func() {
+				cut++
+				err = &pq.Error{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+			})
+		}
+		return err
+	})
+	got, err := f.create(context.Background(), input("k", 1000))
+	if err != nil || got.Response.Status != http.StatusCreated {
+		t.Fatalf("a settle cut off by a failover: %d %s (%v); want 201", got.Response.Status, got.Response.Body, err)
+	}
+	if cut != 1 {
+		t.Fatalf("the settle was cut %d times: the test set nothing up", cut)
+	}
+	var status string
+	if err := f.pool.QueryRow(`SELECT status FROM payments WHERE id = $1`, got.Payment.ID).Scan(&status); err != nil || status != "succeeded" {
+		t.Errorf("payment %s: %q, %v; want succeeded", got.Payment.ID, status, err)
+	}
+	f.spy.After(nil)
+	retry, err := f.create(context.Background(), input("k", 1000))
+	if err != nil || !retry.Response.Replayed || !bytes.Equal(retry.Response.Body, got.Response.Body) {
+		t.Errorf("the client's retry: %d replayed=%v (%v); want the same answer, replayed", retry.Response.Status, retry.Response.Replayed, err)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+// The same failover, before the settle reached the database: 25006, the
+// old primary demoted and refusing writes. The retry lands on a fresh
+// connection and records the answer.
+func TestCreate_ASettleRefusedByADemotedPrimaryIsRetried(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	refused := 0
+	f.spy.Before(func(query string) error {
+		if strings.Contains(query, "SET response_status") && refused == 0 {
+			refused++
+			return &pq.Error{Severity: "ERROR", Code: "25006", Message: "cannot execute UPDATE in a read-only transaction"}
+		}
+		return nil
+	})
+	got, err := f.create(context.Background(), input("k", 1000))
+	if err != nil || got.Response.Status != http.StatusCreated || refused != 1 {
+		t.Fatalf("a settle refused once by a read-only primary: %d %s (%v), refused %d times; want 201 after one refusal", got.Response.Status, got.Response.Body, err, refused)
+	}
+	if n := len(f.fake.Charges()); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/resiliencekit/payservice/internal/payments/provider"
 	"github.com/resiliencekit/payservice/internal/platform/idempotency"
+	"github.com/resiliencekit/payservice/internal/platform/postgres"
 )
 
 // ErrUnavailable: a dependency is unavailable; the request may be retried
@@ -146,6 +147,13 @@ func (s *Service) Refund(ctx context.Context, req idempotency.Request, paymentID
 // only its answer been lost: then it is undone, or the key would stay
 // blocked behind a lease nobody uses. Nothing was sent under it, so
 // undoing is safe.
+//
+// A claim that failed because the primary went away (a failover) is not
+// retried here: the answer is a 503, and the client's retry with the same
+// key is the retry, safe by design (it claims the key afresh, or meets
+// the record this attempt left). What is retried in-process is the
+// settle (see charge): the provider has answered, and that answer must
+// not be lost to a failover.
 func (s *Service) claimFailed(ctx context.Context, c idempotency.Claim, err error) error {
 	if errors.Is(err, idempotency.ErrInFlight) || errors.Is(err, idempotency.ErrKeyReused) {
 		return err
@@ -219,7 +227,13 @@ func (s *Service) charge(ctx context.Context, c idempotency.Claim, p Payment, re
 	resp.Final = true
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	stored, err := s.Store.SettlePayment(record, c, p, resp, 0)
+	// Retried through a failover, within the record budget: the settle is
+	// fenced by the lease's token, and one that committed with its answer
+	// lost is found complete by the next attempt, which returns the stored
+	// answer. Repeating it can change nothing.
+	stored, err := postgres.RetryFailover(record, func(ctx context.Context) (*idempotency.Response, error) {
+		return s.Store.SettlePayment(ctx, c, p, resp, 0)
+	})
 	switch {
 	case errors.Is(err, idempotency.ErrLeaseLost):
 		// Our lease was taken over while we were at the provider: the new
@@ -272,7 +286,9 @@ func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, req
 	resp.Final = true
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	stored, err := s.Store.SettleRefund(record, c, r, resp, 0)
+	stored, err := postgres.RetryFailover(record, func(ctx context.Context) (*idempotency.Response, error) {
+		return s.Store.SettleRefund(ctx, c, r, resp, 0)
+	})
 	switch {
 	case errors.Is(err, idempotency.ErrLeaseLost):
 		return idempotency.Response{}, idempotency.ErrInFlight

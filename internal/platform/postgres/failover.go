@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"sync/atomic"
+	"time"
 
 	"github.com/lib/pq"
 )
@@ -53,6 +54,34 @@ func Disqualifies(err error) bool {
 		return true
 	}
 	return pqErr.Code.Class() == "08"
+}
+
+// RetryFailover runs op until it succeeds, fails with an error that does
+// not disqualify its connection, or ctx ends, waiting 50 ms, 100 ms, ...
+// (at most 1 s) between attempts: time for a multi-host pool to find the
+// promoted primary. It returns op's last result.
+//
+// Only for an op that is safe to repeat after a failure whose effect is
+// unknown: one that cannot have happened, or whose repetition changes
+// nothing (a write fenced by a token that also recognises its own earlier
+// success). database/sql retries nothing of the kind, rightly: it cannot
+// know which ops those are.
+func RetryFailover[T any](ctx context.Context, op func(context.Context) (T, error)) (T, error) {
+	delay := 50 * time.Millisecond
+	for {
+		v, err := op(ctx)
+		if err == nil || !Disqualifies(err) || ctx.Err() != nil {
+			return v, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return v, err
+		case <-t.C:
+		}
+		delay = min(2*delay, time.Second)
+	}
 }
 
 // failoverConn is a lib/pq connection that remembers a disqualifying

@@ -16,10 +16,12 @@ import (
 // with OpenSpied. It records every statement the pool sends, so a test can
 // count round trips and commits, and it can make a statement that ran on
 // the server look failed to its caller (After): the lost answer of a
-// committed write, which no real network produces on demand.
+// committed write, which no real network produces on demand; or fail a
+// statement before it is sent (Before), as a server refusing it would.
 type SQLSpy struct {
 	mu         sync.Mutex
 	statements []Statement
+	before     func(query string) error
 	after      func(query string) error
 }
 
@@ -51,6 +53,25 @@ func (s *SQLSpy) After(f func(query string) error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.after = f
+}
+
+// Before makes f run before each statement is sent; an error f returns
+// is the statement's result, and the statement is not sent (nor
+// recorded). f == nil removes the hook.
+func (s *SQLSpy) Before(f func(query string) error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.before = f
+}
+
+func (s *SQLSpy) refuse(query string) error {
+	s.mu.Lock()
+	before := s.before
+	s.mu.Unlock()
+	if before == nil {
+		return nil
+	}
+	return before(query)
 }
 
 // Reset forgets the statements recorded so far.
@@ -113,6 +134,9 @@ type spyConn struct {
 }
 
 func (c *spyConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if err := c.spy.refuse(query); err != nil {
+		return nil, err
+	}
 	res, err := c.Conn.(driver.ExecerContext).ExecContext(ctx, query, args)
 	after := c.spy.record(query, c.inTx)
 	if err == nil && after != nil {
@@ -124,6 +148,9 @@ func (c *spyConn) ExecContext(ctx context.Context, query string, args []driver.N
 }
 
 func (c *spyConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if err := c.spy.refuse(query); err != nil {
+		return nil, err
+	}
 	rows, err := c.Conn.(driver.QueryerContext).QueryContext(ctx, query, args)
 	after := c.spy.record(query, c.inTx)
 	if err != nil || after == nil {
