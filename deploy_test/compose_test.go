@@ -21,7 +21,7 @@ const composeFile = "../docker-compose.yml"
 // as Compose would, with exactly env as the environment: neither the
 // developer's shell (a POSTGRES_IMAGE they exported, say) nor a .env file
 // leaks into the result.
-func loadCompose(t *testing.T, env map[string]string) *types.Project {
+func loadCompose(t *testing.T, env map[string]string, profiles ...string) *types.Project {
 	t.Helper()
 	path := composePath(t)
 	details := types.ConfigDetails{
@@ -31,6 +31,7 @@ func loadCompose(t *testing.T, env map[string]string) *types.Project {
 	}
 	p, err := loader.LoadWithContext(t.Context(), details, func(o *loader.Options) {
 		o.SetProjectName("payservice", true)
+		o.Profiles = profiles
 	})
 	if err != nil {
 		t.Fatalf("load %s: %v", composeFile, err)
@@ -68,8 +69,44 @@ func TestCompose_RunsExactlyTheLocalStack(t *testing.T) {
 	if want := []string{"app", "fakeprovider", "postgres", "redis"}; !slices.Equal(got, want) {
 		t.Errorf("services %v, want %v", got, want)
 	}
-	if len(p.DisabledServices) > 0 {
-		t.Errorf("services %v sit behind profiles: `docker compose up` must start the whole stack", slices.Sorted(maps.Keys(p.DisabledServices)))
+	if got := slices.Sorted(maps.Keys(p.DisabledServices)); !slices.Equal(got, []string{"postgres-replica"}) {
+		t.Errorf("services behind profiles %v, want only postgres-replica: `docker compose up` must start the whole stack", got)
+	}
+}
+
+// --profile replica adds a streaming replica of postgres, which the app
+// reads from: its DATABASE_REPLICA_URL names it.
+func TestCompose_ReplicaProfileAddsAReplicaTheAppReadsFrom(t *testing.T) {
+	p := loadCompose(t, nil, "replica")
+	replica := service(t, p, "postgres-replica")
+	if c := replica.DependsOn["postgres"].Condition; c != types.ServiceConditionHealthy {
+		t.Errorf("the replica waits for postgres to be %q, want healthy: pg_basebackup needs it up", c)
+	}
+	if replica.Image != service(t, p, "postgres").Image {
+		t.Errorf("replica image %q differs from the primary's %q: streaming replication needs one major version", replica.Image, service(t, p, "postgres").Image)
+	}
+	if hc := replica.HealthCheck; hc == nil || len(hc.Test) == 0 || !strings.Contains(strings.Join(hc.Test, " "), "pg_isready") {
+		t.Errorf("replica healthcheck %v, want pg_isready", hc)
+	}
+	raw := service(t, p, "app").Environment["DATABASE_REPLICA_URL"]
+	if raw == nil {
+		t.Fatal("app has no DATABASE_REPLICA_URL")
+	}
+	u, err := url.Parse(*raw)
+	if err != nil || u.Hostname() != "postgres-replica" {
+		t.Errorf("app's DATABASE_REPLICA_URL %q (%v): want the host postgres-replica", *raw, err)
+	}
+	// The primary admits replication connections, whatever its volume's
+	// own pg_hba.conf says.
+	if cmd := strings.Join(service(t, p, "postgres").Command, " "); !strings.Contains(cmd, "hba_file=") {
+		t.Errorf("postgres command %q sets no hba_file: an existing volume would refuse the replica", cmd)
+	}
+	hba, err := os.ReadFile("../compose/postgres/pg_hba.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(hba), "replication") {
+		t.Error("compose/postgres/pg_hba.conf admits no replication connection")
 	}
 }
 
