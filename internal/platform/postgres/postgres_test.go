@@ -395,3 +395,57 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name, server string) flo
 	t.Fatalf("no %s{server=%q}", name, server)
 	return 0
 }
+
+// A real failover: the primary's server dies, its streaming standby is
+// promoted. A pool on the multi-host URL writes to the promoted standby
+// within 3 s of the promotion, and the write acknowledged (and replayed)
+// before the failover is there.
+func TestOpen_WritesMoveToThePromotedStandbyAfterAFailover(t *testing.T) {
+	pair := testenv.NewPair(t)
+	p, err := neturl.Parse(pair.PrimaryURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := neturl.Parse(pair.StandbyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	multi := *p
+	multi.Host = p.Host + "," + s.Host
+	q := multi.Query()
+	q.Set("target_session_attrs", "read-write")
+	q.Set("connect_timeout", "2")
+	multi.RawQuery = q.Encode()
+	pool := open(t, multi.String())
+
+	if _, err := pool.Exec(`CREATE TABLE t (n int)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(`INSERT INTO t VALUES ($1)`, 1); err != nil {
+		t.Fatal(err)
+	}
+	pair.WaitReplayed(t) // asynchronous replication: acknowledged is not yet replicated
+	pair.StopPrimary(t)
+	pair.Promote(t)
+	promoted := time.Now()
+
+	var lastErr error
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, lastErr = pool.Exec(`INSERT INTO t VALUES ($1)`, 2); lastErr == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no write succeeded within 30s of the promotion: %v", lastErr)
+		}
+	}
+	resumed := time.Since(promoted)
+	t.Logf("writes resumed %v after the promotion", resumed.Round(time.Millisecond))
+	if resumed > 3*time.Second {
+		t.Errorf("writes resumed %v after the promotion, want within 3s", resumed)
+	}
+	var rows int
+	var inRecovery bool
+	if err := pool.QueryRow(`SELECT count(*), pg_is_in_recovery() FROM t`).Scan(&rows, &inRecovery); err != nil || rows != 2 || inRecovery {
+		t.Errorf("after the failover: %d rows, in recovery %v (%v); want 2 on a primary", rows, inRecovery, err)
+	}
+}
