@@ -7,10 +7,12 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -366,10 +368,10 @@ func (u unknownStatusFor) FindCharge(ctx context.Context, key string) (provider.
 }
 
 // A failover cuts the settle off: its statement commits on the old
-// primary, and the connection dies before the answer comes back (57P01,
-// the server shutting down). The provider has charged; the answer must
-// not be lost. The service retries the settle, which finds the key
-// complete and returns the stored answer: 201, settled, one charge.
+// primary, and the connection is reset before the answer comes back. The
+// provider has charged; the answer must not be lost. The service retries
+// the settle, which finds the key complete and returns the stored answer:
+// 201, settled, one charge.
 func TestCreate_ASettleCutOffByAFailoverIsRetriedAndRecorded(t *testing.T) {
 	f := newFixture(t, "", 2*time.Second)
 	var once sync.Once
@@ -379,7 +381,7 @@ func TestCreate_ASettleCutOffByAFailoverIsRetriedAndRecorded(t *testing.T) {
 		if strings.Contains(query, "SET response_status") {
 			once.Do(func() {
 				cut++
-				err = &pq.Error{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+				err = &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
 			})
 		}
 		return err

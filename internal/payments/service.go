@@ -227,17 +227,21 @@ func (s *Service) charge(ctx context.Context, c idempotency.Claim, p Payment, re
 	resp.Final = true
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
-	// Retried through a failover, within the record budget: the settle is
-	// fenced by the lease's token, and one that committed with its answer
-	// lost is found complete by the next attempt, which returns the stored
-	// answer. Repeating it can change nothing.
+	// Retried while its outcome is unknown (a connection cut, a failover),
+	// within the record budget: the settle is fenced by the lease's token,
+	// and one that committed with its answer lost is found complete by the
+	// next attempt, which returns the stored answer. Repeating it can
+	// change nothing.
 	stored, err := postgres.RetryFailover(record, func(ctx context.Context) (*idempotency.Response, error) {
 		return s.Store.SettlePayment(ctx, c, p, resp, 0)
-	})
+	}, settleOutcomes...)
 	switch {
 	case errors.Is(err, idempotency.ErrLeaseLost):
 		// Our lease was taken over while we were at the provider: the new
-		// holder drives the payment, and meets the same charge.
+		// holder drives the payment, and meets the same charge. (Or the
+		// key's record is gone: a failover to a replica that had not
+		// received the claim. Then only this log line knows the charge.)
+		s.Log.Warn("lease lost before recording the provider's answer", "payment_id", p.ID, "charge_id", p.ProviderChargeID, "status", p.Status)
 		return idempotency.Response{}, idempotency.ErrInFlight
 	case err != nil:
 		// The provider has answered but we could not record it: the
@@ -288,9 +292,10 @@ func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, req
 	defer cancel()
 	stored, err := postgres.RetryFailover(record, func(ctx context.Context) (*idempotency.Response, error) {
 		return s.Store.SettleRefund(ctx, c, r, resp, 0)
-	})
+	}, settleOutcomes...)
 	switch {
 	case errors.Is(err, idempotency.ErrLeaseLost):
+		s.Log.Warn("lease lost before recording the provider's answer", "refund_id", r.ID, "provider_refund_id", r.ProviderRefundID, "status", r.Status)
 		return idempotency.Response{}, idempotency.ErrInFlight
 	case err != nil:
 		s.Log.Error("record provider answer", "refund_id", r.ID, "err", err)
@@ -301,6 +306,10 @@ func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, req
 	}
 	return resp, nil
 }
+
+// settleOutcomes are a settle's answers, not failures: retrying changes
+// nothing about them.
+var settleOutcomes = []error{idempotency.ErrLeaseLost, idempotency.ErrAttemptTooRecent}
 
 // callBudget returns ctx with its deadline brought forward by
 // SettleTimeout, for the provider call: every attempt and retry of it ends

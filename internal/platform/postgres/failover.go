@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -56,21 +57,38 @@ func Disqualifies(err error) bool {
 	return pqErr.Code.Class() == "08"
 }
 
-// RetryFailover runs op until it succeeds, fails with an error that does
-// not disqualify its connection, or ctx ends, waiting 50 ms, 100 ms, ...
-// (at most 1 s) between attempts: time for a multi-host pool to find the
-// promoted primary. It returns op's last result.
+// Transient reports whether err leaves the outcome of a statement unknown
+// for a reason that may pass: its connection failed or was cut (lib/pq
+// reports a server's FATAL error as driver.ErrBadConn, a reset as a
+// network error, a pool with no writable host as a connect error), or its
+// server is read-only or going away (Disqualifies). An error Postgres
+// answered for the statement itself (a constraint, a syntax error) and
+// the end of the caller's context are not transient.
+func Transient(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var pqErr *pq.Error
+	if errors.As(err, &pqErr) {
+		return Disqualifies(err)
+	}
+	return true
+}
+
+// RetryFailover runs op until it succeeds, fails with an error that is
+// not Transient or is one of final, or ctx ends, waiting 50 ms, 100 ms,
+// ... (at most 1 s) between attempts: time for a multi-host pool to find
+// the promoted primary. It returns op's last result.
 //
-// Only for an op that is safe to repeat after a failure whose effect is
-// unknown: one that cannot have happened, or whose repetition changes
-// nothing (a write fenced by a token that also recognises its own earlier
-// success). database/sql retries nothing of the kind, rightly: it cannot
-// know which ops those are.
-func RetryFailover[T any](ctx context.Context, op func(context.Context) (T, error)) (T, error) {
+// Only for an op that is safe to repeat when its outcome is unknown: one
+// whose repetition changes nothing (a write fenced by a token that also
+// recognises its own earlier success). database/sql retries nothing of
+// the kind, rightly: it cannot know which ops those are.
+func RetryFailover[T any](ctx context.Context, op func(context.Context) (T, error), final ...error) (T, error) {
 	delay := 50 * time.Millisecond
 	for {
 		v, err := op(ctx)
-		if err == nil || !Disqualifies(err) || ctx.Err() != nil {
+		if err == nil || !Transient(err) || ctx.Err() != nil || slices.ContainsFunc(final, func(f error) bool { return errors.Is(err, f) }) {
 			return v, err
 		}
 		t := time.NewTimer(delay)
@@ -113,6 +131,11 @@ func (c *failoverConn) PrepareContext(ctx context.Context, query string) (driver
 	st, err := c.Conn.(driver.ConnPrepareContext).PrepareContext(ctx, query)
 	if err != nil {
 		return nil, c.note(err)
+	}
+	_, execCtx := st.(driver.StmtExecContext)
+	_, queryCtx := st.(driver.StmtQueryContext)
+	if !execCtx || !queryCtx {
+		return st, nil // lib/pq's COPY statement: it has no context methods to wrap
 	}
 	return &failoverStmt{Stmt: st, conn: c}, nil
 }

@@ -11,6 +11,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
@@ -85,7 +86,8 @@ type Config struct {
 	URL        string // the primary
 	ReplicaURL string // optional: a read replica for reads that may lag
 	// ReplicaMaxLag bounds how stale a replica read may be: beyond it, or
-	// while it is unknown, reads go to the primary (see Topology).
+	// while the replica's position is unknown, reads go to the primary
+	// (see Topology).
 	ReplicaMaxLag time.Duration
 	Pool          PoolConfig
 	// MigrateOnStart applies migrations at start-up; false waits for a
@@ -111,7 +113,7 @@ var schemes = []string{"postgres", "postgresql"}
 func (c *Config) Bind(b *config.Binder) {
 	b.URL("DATABASE_URL", &c.URL, schemes, "primary Postgres URL, e.g. postgres://user:pass@host:5432/db?sslmode=disable; for failover list every host and add target_session_attrs=read-write").Required()
 	b.URL("DATABASE_REPLICA_URL", &c.ReplicaURL, schemes, "optional read-replica Postgres URL for reads; they fall back to the primary when it fails")
-	b.Duration("DATABASE_REPLICA_MAX_LAG", &c.ReplicaMaxLag, "reads go to the primary while the replica lags more than this, or its lag is unknown (measured every 250ms)")
+	b.Duration("DATABASE_REPLICA_MAX_LAG", &c.ReplicaMaxLag, "reads go to the replica only while it is shown to hold every commit the primary made until this long ago (probed every 250ms); else to the primary")
 	b.Int("DB_MAX_OPEN_CONNS", &c.Pool.MaxOpenConns, 2, 1000, "maximum open connections per pool, at least 2 (a leader holds one); keep replicas × this below Postgres max_connections")
 	b.Int("DB_MAX_IDLE_CONNS", &c.Pool.MaxIdleConns, 0, 1000, "idle connections kept per pool (≤ DB_MAX_OPEN_CONNS); below it, every burst closes and reopens connections")
 	b.Duration("DB_CONN_MAX_LIFETIME", &c.Pool.ConnMaxLifetime, "recycle connections after this long, so failovers and DNS changes are picked up")
@@ -131,8 +133,10 @@ func (c Config) Check() []error {
 // (postgres://u:p@pg-a:5432,pg-b:5433/db), as libpq accepts it, into the
 // keyword form lib/pq reads correctly (host=pg-a,pg-b port=5432,5433 ...):
 // given the URL, lib/pq takes the last ":port" for every host, and cannot
-// parse an IPv6 host in the list at all. Anything else is returned as it
-// is.
+// parse an IPv6 host in the list at all. Unless the URL sets it, it adds
+// connect_timeout=2 (seconds), so that a host that does not answer costs a
+// new connection 2 s, not the OS's minutes, before the next is tried.
+// Anything else is returned as it is.
 func multiHostURL(raw string) string {
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok || (scheme != "postgres" && scheme != "postgresql") {
@@ -168,9 +172,23 @@ func multiHostURL(raw string) string {
 		hosts, ports = append(hosts, host), append(ports, port)
 	}
 	quote := strings.NewReplacer(`'`, `\'`, `\`, `\\`).Replace
+	q := u.Query()
 	kv := []string{"host='" + quote(strings.Join(hosts, ",")) + "'"}
 	if slices.ContainsFunc(ports, func(p string) bool { return p != "" }) {
+		// lib/pq fills in the default for a missing port only after the
+		// first: spell each out, from ?port= or libpq's 5432.
+		def := cmp.Or(q.Get("port"), "5432")
+		for i, p := range ports {
+			ports[i] = cmp.Or(p, def)
+		}
+		q.Del("port")
 		kv = append(kv, "port='"+quote(strings.Join(ports, ","))+"'")
+	}
+	// Hosts are tried in order, each for as long as the OS lets a connect
+	// hang without connect_timeout: a black-holed former primary first in
+	// the list would hold every new connection for minutes.
+	if !q.Has("connect_timeout") {
+		q.Set("connect_timeout", "2")
 	}
 	if u.User != nil {
 		kv = append(kv, "user='"+quote(u.User.Username())+"'")
@@ -181,7 +199,6 @@ func multiHostURL(raw string) string {
 	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
 		kv = append(kv, "dbname='"+quote(db)+"'")
 	}
-	q := u.Query()
 	keys := make([]string, 0, len(q))
 	for k := range q {
 		keys = append(keys, k)

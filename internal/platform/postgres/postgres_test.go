@@ -365,7 +365,7 @@ func TestTopology_MeasuresRealServers(t *testing.T) {
 		t.Error("a replica with no lag did not get the read")
 	}
 	writer := top.Writer()
-	if _, port, ok := strings.Cut(writer, ":"); !ok || port != "5432" {
+	if i := strings.LastIndex(writer, ":"); i < 0 || writer[i+1:] != "5432" {
 		t.Errorf("writer %q, want address:5432 (the server's own port)", writer)
 	}
 	if got := gaugeValue(t, reg, "postgres_writer_info", writer); got != 1 {
@@ -447,5 +447,44 @@ func TestOpen_WritesMoveToThePromotedStandbyAfterAFailover(t *testing.T) {
 	var inRecovery bool
 	if err := pool.QueryRow(`SELECT count(*), pg_is_in_recovery() FROM t`).Scan(&rows, &inRecovery); err != nil || rows != 2 || inRecovery {
 		t.Errorf("after the failover: %d rows, in recovery %v (%v); want 2 on a primary", rows, inRecovery, err)
+	}
+}
+
+// A standby cut off from its primary has replayed all it received and
+// calls itself current; measured against the primary's position, it is
+// not. Once the primary has written what the standby lacks, reads stop
+// going to it within the bound.
+func TestTopology_AStandbyCutOffFromItsPrimaryStopsReceivingReads(t *testing.T) {
+	pair := testenv.NewPair(t)
+	primary, standby := open(t, pair.PrimaryURL), open(t, pair.StandbyURL)
+	const bound = 300 * time.Millisecond
+	top, err := postgres.NewTopology(primary, standby, bound, prometheus.NewRegistry(), discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	top.Probe(ctx)
+	if top.ReadPool() != standby {
+		t.Fatal("a streaming standby that has replayed everything did not get the read")
+	}
+	for _, q := range []string{`ALTER SYSTEM SET primary_conninfo = ''`, `SELECT pg_reload_conf()`} {
+		if _, err := standby.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := primary.Exec(`CREATE TABLE after_the_cut (n int)`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(bound + time.Second)
+	for top.ReadPool() == standby {
+		if time.Now().After(deadline) {
+			t.Fatalf("the cut-off standby still got reads %v after the primary wrote what it lacks (bound %v)", bound+time.Second, bound)
+		}
+		top.Probe(ctx)
+		time.Sleep(50 * time.Millisecond)
+	}
+	var missing bool
+	if err := standby.QueryRow(`SELECT to_regclass('after_the_cut') IS NULL`).Scan(&missing); err != nil || !missing {
+		t.Errorf("the standby has the table written after the cut (%v): the test cut nothing", err)
 	}
 }

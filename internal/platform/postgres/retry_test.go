@@ -2,7 +2,12 @@ package postgres_test
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,5 +51,41 @@ func TestRetryFailover_StopsWhenItsContextEnds(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("returned after %v, its context ended at 200ms", d)
+	}
+}
+
+func TestTransient(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{driver.ErrBadConn, true}, // lib/pq's report of a server's FATAL error
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, true},
+		{io.ErrUnexpectedEOF, true},
+		{errors.New("pq: could not connect to any of the hosts"), true},
+		{&pq.Error{Code: "25006"}, true},
+		{&pq.Error{Code: "23505"}, false}, // the statement's own answer
+		{context.DeadlineExceeded, false},
+		{fmt.Errorf("settle: %w", context.Canceled), false},
+		{nil, false},
+	} {
+		if got := postgres.Transient(tc.err); got != tc.want {
+			t.Errorf("Transient(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRetryFailover_StopsAtAFinalError(t *testing.T) {
+	leaseLost := errors.New("lease lost")
+	calls := 0
+	_, err := postgres.RetryFailover(context.Background(), func(context.Context) (int, error) {
+		calls++
+		if calls == 1 {
+			return 0, io.ErrUnexpectedEOF
+		}
+		return 0, fmt.Errorf("complete: %w", leaseLost)
+	}, leaseLost)
+	if !errors.Is(err, leaseLost) || calls != 2 {
+		t.Errorf("%v after %d calls; want the final error on the second", err, calls)
 	}
 }

@@ -13,13 +13,19 @@ import (
 )
 
 // Topology is what a service knows of its Postgres servers: which one
-// takes its writes now, and how far the read replica lags. It measures
-// both every ProbeInterval, and routes reads that may be stale: to the
-// replica while its lag is known and within the bound, else to the
-// primary. A reader therefore never sees data older than the bound plus
-// one probe interval, and a replica that stops answering, or whose lag
-// cannot be measured, stops receiving reads within ProbeInterval ×
-// unknownAfter.
+// takes its writes now, and how stale the read replica is. It probes both
+// every ProbeInterval, and routes reads that may be stale: to the replica
+// while its staleness is within the bound, else to the primary.
+//
+// Staleness is measured against the primary, not from the replica's own
+// view (a replica cut off from its primary has replayed all it received,
+// and would call itself current): each probe reads the primary's WAL
+// position at a time T, then asks the replica whether it has replayed that
+// far. If it has, the replica holds every commit made before T; a read
+// sent to it at time now misses at most the commits of (T, now]. Reads go
+// to the replica only while now - T, for the last such T, is within the
+// bound: exactly the bound, whatever happens to the probes. A replica that
+// stops answering, or falls behind, stops receiving reads within the bound.
 type Topology struct {
 	primary, replica *sql.DB
 	maxLag           time.Duration
@@ -27,11 +33,13 @@ type Topology struct {
 	log              *slog.Logger
 	now              func() time.Time // tests replace it
 
-	// measureLag returns the replica's replay lag; tests replace it.
-	measureLag func(ctx context.Context) (time.Duration, error)
+	// writerPosition returns the primary's WAL position and the server's
+	// address:port; replayedTo reports whether the replica has replayed up
+	// to a position. Tests replace them.
+	writerPosition func(ctx context.Context) (lsn, server string, err error)
+	replayedTo     func(ctx context.Context, lsn string) (bool, error)
 
-	lagNanos   atomic.Int64 // the last measured lag
-	measuredAt atomic.Int64 // unix nanoseconds of that measurement; 0: never
+	freshAt atomic.Int64 // unix nanoseconds: the replica held every commit made before; 0: never
 
 	mu     sync.Mutex
 	writer string // "address:port" of the server taking writes, as last seen
@@ -41,21 +49,8 @@ type Topology struct {
 	writerInfo *prometheus.GaugeVec
 }
 
-// ProbeInterval is how often Topology measures.
+// ProbeInterval is how often Topology probes.
 const ProbeInterval = 250 * time.Millisecond
-
-// unknownAfter is how many probe intervals a measurement stays valid.
-const unknownAfter = 4
-
-// replicaLag is the replica's replay lag in seconds: zero when it has
-// replayed everything it received (an idle primary sends nothing, which
-// is not lag), and zero on a server that is not in recovery.
-const replicaLag = `
-	SELECT CASE
-	    WHEN NOT pg_is_in_recovery() THEN 0
-	    WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-	    ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
-	END`
 
 // NewTopology returns the topology of primary and replica (nil without
 // one), registering postgres_replica_lag_seconds,
@@ -68,7 +63,7 @@ func NewTopology(primary, replica *sql.DB, maxLag time.Duration, reg prometheus.
 		primary: primary, replica: replica, maxLag: maxLag, interval: ProbeInterval, log: log, now: time.Now,
 		lagGauge: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "postgres_replica_lag_seconds",
-			Help: "The read replica's replay lag at the last measurement (0 without a replica).",
+			Help: "How stale the read replica may be, at the last probe: the time since the primary's position it has replayed was read (0 without a replica).",
 		}),
 		reads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "postgres_reads_total",
@@ -79,7 +74,7 @@ func NewTopology(primary, replica *sql.DB, maxLag time.Duration, reg prometheus.
 			Help: "1 for the Postgres server (address:port) that takes this process's writes, as last seen.",
 		}, []string{"server"}),
 	}
-	t.measureLag = t.queryLag
+	t.writerPosition, t.replayedTo = t.queryWriter, t.queryReplayed
 	t.reads.WithLabelValues("replica")
 	t.reads.WithLabelValues("primary")
 	for _, c := range []prometheus.Collector{t.lagGauge, t.reads, t.writerInfo} {
@@ -106,11 +101,8 @@ func (t *Topology) ReadPool() *sql.DB {
 }
 
 func (t *Topology) replicaFresh() bool {
-	at := t.measuredAt.Load()
-	if at == 0 || t.now().Sub(time.Unix(0, at)) > unknownAfter*t.interval {
-		return false
-	}
-	return time.Duration(t.lagNanos.Load()) <= t.maxLag
+	at := t.freshAt.Load()
+	return at != 0 && t.now().Sub(time.Unix(0, at)) <= t.maxLag
 }
 
 // Writer returns the server that took the last probe's write-side query,
@@ -135,24 +127,34 @@ func (t *Topology) Run(ctx context.Context) {
 	}
 }
 
-// Probe measures once: the replica's lag, and which server takes writes.
-// A failed measurement leaves the last one to age out.
+// Probe measures once: which server takes writes, and whether the
+// replica has caught up with it. Each query gets a probe interval of its
+// own, so a replica that hangs cannot hide the writer. A failed probe
+// changes nothing: the last fresh time ages.
 func (t *Topology) Probe(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, t.interval)
-	defer cancel()
-	if t.replica != nil {
-		if lag, err := t.measureLag(ctx); err == nil {
-			t.lagNanos.Store(int64(lag))
-			t.measuredAt.Store(t.now().UnixNano())
-			t.lagGauge.Set(lag.Seconds())
-		}
-	}
-	var server string
-	err := t.primary.QueryRowContext(ctx,
-		`SELECT coalesce(host(inet_server_addr()), 'local') || ':' || current_setting('port')`).Scan(&server)
+	at := t.now()
+	pctx, cancel := context.WithTimeout(ctx, t.interval)
+	lsn, server, err := t.writerPosition(pctx)
+	cancel()
 	if err != nil {
 		return
 	}
+	t.noteWriter(server)
+	if t.replica == nil {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, t.interval)
+	caught, err := t.replayedTo(rctx, lsn)
+	cancel()
+	if err == nil && caught {
+		t.freshAt.Store(at.UnixNano())
+	}
+	if fresh := t.freshAt.Load(); fresh != 0 {
+		t.lagGauge.Set(t.now().Sub(time.Unix(0, fresh)).Seconds())
+	}
+}
+
+func (t *Topology) noteWriter(server string) {
 	t.mu.Lock()
 	previous := t.writer
 	t.writer = server
@@ -166,10 +168,19 @@ func (t *Topology) Probe(ctx context.Context) {
 	}
 }
 
-func (t *Topology) queryLag(ctx context.Context) (time.Duration, error) {
-	var seconds float64
-	if err := t.replica.QueryRowContext(ctx, replicaLag).Scan(&seconds); err != nil {
-		return 0, err
-	}
-	return time.Duration(seconds * float64(time.Second)), nil
+func (t *Topology) queryWriter(ctx context.Context) (lsn, server string, err error) {
+	err = t.primary.QueryRowContext(ctx, `
+		SELECT pg_current_wal_lsn()::text,
+		       coalesce(host(inet_server_addr()), 'local') || ':' || current_setting('port')`).Scan(&lsn, &server)
+	return lsn, server, err
+}
+
+// queryReplayed asks the replica whether it has replayed up to lsn. A
+// server that is not in recovery (a replica promoted, or the primary
+// itself) has everything it holds.
+func (t *Topology) queryReplayed(ctx context.Context, lsn string) (bool, error) {
+	var caught bool
+	err := t.replica.QueryRowContext(ctx, `
+		SELECT NOT pg_is_in_recovery() OR coalesce(pg_last_wal_replay_lsn() >= $1::pg_lsn, false)`, lsn).Scan(&caught)
+	return caught, err
 }

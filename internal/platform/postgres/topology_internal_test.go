@@ -14,42 +14,45 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// fakeLag is a replica whose lag the test sets, and a clock it moves.
-type fakeLag struct {
-	mu  sync.Mutex
-	lag time.Duration
-	err error
-	now time.Time
+// fakeServers are a primary whose WAL position and a replica whose replay
+// the test sets, and a clock it moves.
+type fakeServers struct {
+	mu         sync.Mutex
+	now        time.Time
+	primaryErr error
+	caughtUp   bool
+	replicaErr error
+	asked      []string // positions the replica was asked about
 }
 
-func (f *fakeLag) set(lag time.Duration, err error) {
+func (f *fakeServers) writer(context.Context) (string, string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.lag, f.err = lag, err
+	return "0/" + f.now.Format("150405.000"), "10.0.0.1:5432", f.primaryErr
 }
 
-func (f *fakeLag) advance(d time.Duration) {
+func (f *fakeServers) replayed(_ context.Context, lsn string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
+	f.asked = append(f.asked, lsn)
+	return f.caughtUp, f.replicaErr
 }
 
-func (f *fakeLag) measure(context.Context) (time.Duration, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.lag, f.err
-}
-
-func (f *fakeLag) clock() time.Time {
+func (f *fakeServers) clock() time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.now
 }
 
-// newTestTopology returns a topology over two distinct (unconnected)
-// pools, measuring lag through f. The primary's writer probe fails
-// quietly: nothing listens at its address.
-func newTestTopology(t *testing.T, f *fakeLag, maxLag time.Duration) (*Topology, *sql.DB, *sql.DB, *prometheus.Registry) {
+func (f *fakeServers) set(fn func(f *fakeServers)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// newTestTopology returns a topology over two distinct pools that connect
+// nowhere, probing through f.
+func newTestTopology(t *testing.T, f *fakeServers, maxLag time.Duration) (*Topology, *sql.DB, *sql.DB) {
 	t.Helper()
 	var pools [2]*sql.DB
 	for i := range pools {
@@ -60,65 +63,90 @@ func newTestTopology(t *testing.T, f *fakeLag, maxLag time.Duration) (*Topology,
 		t.Cleanup(func() { p.Close() })
 		pools[i] = p
 	}
-	reg := prometheus.NewRegistry()
-	top, err := NewTopology(pools[0], pools[1], maxLag, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	top, err := NewTopology(pools[0], pools[1], maxLag, prometheus.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	top.measureLag, top.now = f.measure, f.clock
-	return top, pools[0], pools[1], reg
+	top.writerPosition, top.replayedTo, top.now = f.writer, f.replayed, f.clock
+	return top, pools[0], pools[1]
 }
 
-func TestTopology_ReadsGoToTheReplicaOnlyWithinTheLagBound(t *testing.T) {
-	f := &fakeLag{now: time.Unix(1_000_000, 0)}
-	top, primary, replica, reg := newTestTopology(t, f, time.Second)
+func TestTopology_ReadsGoToTheReplicaOnlyWithinTheStalenessBound(t *testing.T) {
+	f := &fakeServers{now: time.Unix(1_000_000, 0)}
+	top, primary, replica := newTestTopology(t, f, time.Second)
 	ctx := context.Background()
 
 	if top.ReadPool() != primary {
-		t.Error("before any measurement, reads went to the replica")
+		t.Error("before any probe, a read went to the replica")
 	}
-	f.set(200*time.Millisecond, nil)
+	f.set(func(f *fakeServers) { f.caughtUp = true })
 	top.Probe(ctx)
 	if top.ReadPool() != replica {
-		t.Error("lag 200ms, bound 1s: reads did not go to the replica")
+		t.Error("the replica has replayed the primary's position: the read did not go to it")
 	}
-	if got := testutil.ToFloat64(top.lagGauge); got != 0.2 {
-		t.Errorf("postgres_replica_lag_seconds = %v, want 0.2", got)
-	}
-	f.set(1500*time.Millisecond, nil)
-	top.Probe(ctx)
-	if top.ReadPool() != primary {
-		t.Error("lag 1.5s, bound 1s: reads went to the replica")
-	}
-	f.set(time.Second, nil) // at the bound is within it
-	top.Probe(ctx)
-	if top.ReadPool() != replica {
-		t.Error("lag at the bound: reads did not go to the replica")
+	if len(f.asked) != 1 || f.asked[0] == "" {
+		t.Errorf("the replica was asked about %q, want the primary's position", f.asked)
 	}
 
-	// The replica stops answering: its last measurement ages out.
-	f.set(0, errors.New("connection refused"))
-	f.advance(unknownAfter * ProbeInterval)
+	// The replica stops catching up (cut off from its primary, or slow):
+	// it answers, but has not replayed the newer positions.
+	f.set(func(f *fakeServers) { f.caughtUp = false; f.now = f.now.Add(600 * time.Millisecond) })
 	top.Probe(ctx)
 	if top.ReadPool() != replica {
-		t.Error("a measurement exactly unknownAfter intervals old was dropped early")
+		t.Error("600ms since the replica was last current, bound 1s: the read did not go to it")
 	}
-	f.advance(time.Millisecond)
+	f.set(func(f *fakeServers) { f.now = f.now.Add(400 * time.Millisecond) })
+	if top.ReadPool() != replica {
+		t.Error("exactly the bound: the read did not go to the replica")
+	}
+	if got := testutil.ToFloat64(top.lagGauge); got != 0.6 {
+		t.Errorf("postgres_replica_lag_seconds = %v at the last probe, want 0.6", got)
+	}
+	f.set(func(f *fakeServers) { f.now = f.now.Add(time.Millisecond) })
 	if top.ReadPool() != primary {
-		t.Error("lag unknown for longer than the bound allows: reads still went to the replica")
+		t.Error("past the bound: a read went to a replica that may miss newer commits")
 	}
-	if n, err := testutil.GatherAndCount(reg, "postgres_reads_total"); err != nil || n != 2 {
-		t.Errorf("postgres_reads_total series: %d, %v; want replica and primary", n, err)
+
+	// Caught up again.
+	f.set(func(f *fakeServers) { f.caughtUp = true })
+	top.Probe(ctx)
+	if top.ReadPool() != replica {
+		t.Error("caught up again: the read did not go to the replica")
+	}
+	// The replica stops answering: the same ageing.
+	f.set(func(f *fakeServers) { f.replicaErr = errors.New("connection refused"); f.now = f.now.Add(1001 * time.Millisecond) })
+	top.Probe(ctx)
+	if top.ReadPool() != primary {
+		t.Error("the replica has not answered for longer than the bound: a read still went to it")
+	}
+}
+
+// A primary that does not answer gives no position to compare with: the
+// replica cannot be shown current, and ages out like any other.
+func TestTopology_WithoutThePrimarysPositionTheReplicaAgesOut(t *testing.T) {
+	f := &fakeServers{now: time.Unix(1_000_000, 0), caughtUp: true}
+	top, primary, replica := newTestTopology(t, f, time.Second)
+	top.Probe(context.Background())
+	if top.ReadPool() != replica {
+		t.Fatal("setup: the read did not go to a current replica")
+	}
+	f.set(func(f *fakeServers) { f.primaryErr = errors.New("primary gone"); f.now = f.now.Add(2 * time.Second) })
+	top.Probe(context.Background())
+	if top.ReadPool() != primary {
+		t.Error("2s without a comparison, bound 1s: a read went to the replica")
 	}
 }
 
 func TestTopology_WithoutAReplicaEveryReadGoesToThePrimary(t *testing.T) {
-	f := &fakeLag{now: time.Unix(1_000_000, 0)}
-	top, primary, _, _ := newTestTopology(t, f, time.Second)
+	f := &fakeServers{now: time.Unix(1_000_000, 0), caughtUp: true}
+	top, primary, _ := newTestTopology(t, f, time.Second)
 	top.replica = nil
 	top.Probe(context.Background())
 	if top.ReadPool() != primary {
 		t.Error("no replica, yet a read went elsewhere than the primary")
+	}
+	if got := top.Writer(); got != "10.0.0.1:5432" {
+		t.Errorf("writer %q, want the primary's address", got)
 	}
 }
 
