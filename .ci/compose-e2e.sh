@@ -144,8 +144,8 @@ reads_on_replica() {
 	curl -fsS http://127.0.0.1:9090/metrics | awk '/^payservice_postgres_reads_total\{pool="replica"\}/ {print $2}'
 }
 for i in $(seq 1 40); do
-	curl -fsS -o /dev/null -H 'Authorization: Bearer dev_key_do_not_use_in_production' 'http://127.0.0.1:8080/v1/payments?limit=1'
-	n=$(reads_on_replica)
+	curl -fsS -o /dev/null -H 'Authorization: Bearer dev_key_do_not_use_in_production' 'http://127.0.0.1:8080/v1/payments?limit=1' || true
+	n=$(reads_on_replica || true)
 	if [ "${n%.*}" -gt 0 ] 2>/dev/null; then break; fi
 	sleep 0.5
 done

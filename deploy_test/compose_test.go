@@ -101,12 +101,16 @@ func TestCompose_ReplicaProfileAddsAReplicaTheAppReadsFrom(t *testing.T) {
 	if cmd := strings.Join(service(t, p, "postgres").Command, " "); !strings.Contains(cmd, "hba_file=") {
 		t.Errorf("postgres command %q sets no hba_file: an existing volume would refuse the replica", cmd)
 	}
-	hba, err := os.ReadFile("../compose/postgres/pg_hba.conf")
-	if err != nil {
-		t.Fatal(err)
+	hba, ok := p.Configs["pg_hba"]
+	if !ok || !strings.Contains(hba.Content, "host    replication") {
+		t.Error("the pg_hba config admits no replication connection")
 	}
-	if !strings.Contains(string(hba), "replication") {
-		t.Error("compose/postgres/pg_hba.conf admits no replication connection")
+	mounted := false
+	for _, c := range service(t, p, "postgres").Configs {
+		mounted = mounted || c.Source == "pg_hba" && strings.Contains(strings.Join(service(t, p, "postgres").Command, " "), "hba_file="+c.Target)
+	}
+	if !mounted {
+		t.Error("postgres does not mount the pg_hba config where its hba_file points")
 	}
 }
 

@@ -3,7 +3,7 @@
 # replica). On a fresh volume it copies the primary with pg_basebackup
 # --write-recovery-conf, which leaves standby.signal and primary_conninfo
 # behind, so the server it then starts streams the primary's changes and
-# serves reads only. On a volume it made before, it just starts. The
+# serves reads only. On a volume it copied before, it just starts. The
 # image's own entrypoint starts the server: as the postgres user, with the
 # copied data it finds (it initialises nothing then).
 set -eu
@@ -15,8 +15,13 @@ for d in /usr/lib/postgresql/*/bin; do
 done
 export PATH
 
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
+# The copy is whole once the marker exists: a container stopped halfway
+# through pg_basebackup left files (PG_VERSION among the first) that must
+# not be started as a database.
+marker=$PGDATA/.payservice-copy-complete
+if [ ! -e "$marker" ]; then
 	mkdir -p "$PGDATA"
+	find "$PGDATA" -mindepth 1 -delete
 	# PGPASSWORD comes from the environment; the primary may still be
 	# starting when this one does.
 	until pg_basebackup --host="${PRIMARY_HOST:-postgres}" --username="${PRIMARY_USER:-payservice}" \
@@ -25,6 +30,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 		find "$PGDATA" -mindepth 1 -delete
 		sleep 2
 	done
+	: >"$marker"
 	echo "replica: copied the primary; starting as its standby" >&2
 fi
 exec docker-entrypoint.sh postgres
