@@ -114,7 +114,10 @@ func TestTopology_ReadsGoToTheReplicaOnlyWithinTheStalenessBound(t *testing.T) {
 		t.Error("caught up again: the read did not go to the replica")
 	}
 	// The replica stops answering: the same ageing.
-	f.set(func(f *fakeServers) { f.replicaErr = errors.New("connection refused"); f.now = f.now.Add(1001 * time.Millisecond) })
+	f.set(func(f *fakeServers) {
+		f.replicaErr = errors.New("connection refused")
+		f.now = f.now.Add(1001 * time.Millisecond)
+	})
 	top.Probe(ctx)
 	if top.ReadPool() != primary {
 		t.Error("the replica has not answered for longer than the bound: a read still went to it")
