@@ -6,6 +6,7 @@
 package redisclient
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -48,8 +49,14 @@ func New(c Config) (*redis.Client, error) {
 		return nil, fmt.Errorf("redis URL: %w", err)
 	}
 	opts.DialTimeout = 2 * time.Second
-	opts.ReadTimeout = 500 * time.Millisecond
-	opts.WriteTimeout = 500 * time.Millisecond
+	// The operation's deadline must bound its socket reads and writes too:
+	// without ContextTimeoutEnabled, go-redis ignores the context's deadline
+	// once a command is on the wire and waits out ReadTimeout, so a Redis
+	// that stalls (restarting, failing over) held every request for that
+	// long, not for c.Timeout. The game day's Redis scenario found it.
+	opts.ContextTimeoutEnabled = true
+	opts.ReadTimeout = cmp.Or(c.Timeout, 500*time.Millisecond)
+	opts.WriteTimeout = opts.ReadTimeout
 	opts.MaxRetries = -1
 	// One dial per attempt: go-redis's default of 5 dials 100ms apart
 	// outlasts the operation timeout, so while Redis is down every

@@ -80,3 +80,46 @@ func TestNew_DialsOnceWhenRedisIsDown(t *testing.T) {
 		t.Errorf("ping with Redis down took %s, against %s with 5 dials: it should fail on the first", took[0], took[1])
 	}
 }
+
+// A Redis that accepts connections and then says nothing (a stalled
+// server, or one restarting behind a proxy) must cost an operation no more
+// than its deadline: the request falls back to Postgres at c.Timeout, not
+// at go-redis's socket read timeout.
+func TestNew_AStalledRedisCostsAnOperationItsDeadline(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	go func() { // accepts, reads nothing, answers nothing, until the test ends
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { <-done; c.Close() }()
+		}
+	}()
+	const timeout = 100 * time.Millisecond
+	rdb, err := New(Config{URL: "redis://" + ln.Addr().String() + "/0", Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	start := time.Now()
+	err = rdb.Get(ctx, "k").Err()
+	took := time.Since(start)
+	if err == nil {
+		t.Fatal("a read from a server that never answers succeeded")
+	}
+	// The client's own socket timeout is 5s here: only the context's
+	// deadline can end the read this early.
+	if took > time.Second {
+		t.Errorf("the operation took %v with a deadline of %v: the deadline did not bound the read (%v)", took, timeout, err)
+	}
+}
