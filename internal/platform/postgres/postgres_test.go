@@ -401,6 +401,7 @@ func gaugeValue(t *testing.T, reg *prometheus.Registry, name, server string) flo
 // within 3 s of the promotion, and the write acknowledged (and replayed)
 // before the failover is there.
 func TestOpen_WritesMoveToThePromotedStandbyAfterAFailover(t *testing.T) {
+	ctx := context.Background()
 	pair := testenv.NewPair(t)
 	p, err := neturl.Parse(pair.PrimaryURL)
 	if err != nil {
@@ -424,9 +425,15 @@ func TestOpen_WritesMoveToThePromotedStandbyAfterAFailover(t *testing.T) {
 	if _, err := pool.Exec(`INSERT INTO t VALUES ($1)`, 1); err != nil {
 		t.Fatal(err)
 	}
-	pair.WaitReplayed(t) // asynchronous replication: acknowledged is not yet replicated
-	pair.StopPrimary(t)
-	pair.Promote(t)
+	if err := pair.WaitReplayed(ctx); err != nil {
+		t.Fatal(err)
+	} // asynchronous replication: acknowledged is not yet replicated
+	if err := pair.StopPrimary(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pair.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
 	promoted := time.Now()
 
 	var lastErr error

@@ -21,7 +21,9 @@ import (
 const redisDatabases = 16
 
 func startSharedRedis() {
-	r, err := startRedis(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := startRedis(ctx, 0)
 	if err != nil {
 		env.redisErr = err
 		return
@@ -66,20 +68,36 @@ type Redis struct {
 // the test ends.
 func NewRedis(t testing.TB) *Redis {
 	t.Helper()
-	port, err := freePort()
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
-	}
-	r, err := startRedis(port)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	r, err := StartRedis(ctx)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := testcontainers.TerminateContainer(r.c); err != nil {
-			t.Logf("testenv: terminate redis: %v", err)
+		if err := r.Terminate(context.Background()); err != nil {
+			t.Logf("testenv: %v", err)
 		}
 	})
 	return r
+}
+
+// StartRedis is NewRedis for programs that are not tests (the game day):
+// the caller terminates the container.
+func StartRedis(ctx context.Context) (*Redis, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	return startRedis(ctx, port)
+}
+
+// Terminate removes the container.
+func (r *Redis) Terminate(ctx context.Context) error {
+	if err := testcontainers.TerminateContainer(r.c, testcontainers.StopContext(ctx)); err != nil {
+		return fmt.Errorf("terminate redis: %w", err)
+	}
+	return nil
 }
 
 // URL is the Redis URL of the container.
@@ -98,9 +116,7 @@ func (r *Redis) Start(ctx context.Context) error { return r.c.Start(ctx) }
 // startRedis starts a Redis container. hostPort 0 lets Docker choose; a
 // fixed port keeps the address stable across Stop and Start, which Docker
 // would otherwise re-randomise.
-func startRedis(hostPort int) (*Redis, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+func startRedis(ctx context.Context, hostPort int) (*Redis, error) {
 	image := Image("TEST_REDIS_IMAGE", DefaultRedisImage)
 	opts := []testcontainers.ContainerCustomizer{}
 	if hostPort != 0 {

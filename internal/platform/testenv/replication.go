@@ -1,8 +1,11 @@
 package testenv
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -55,15 +58,26 @@ func NewPair(t testing.TB) *Pair {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	image := Image("TEST_POSTGRES_IMAGE", DefaultPostgresImage)
-	terminate := func(c testcontainers.Container) {
+	p, err := StartPair(ctx)
+	if p != nil {
 		t.Cleanup(func() {
-			if err := testcontainers.TerminateContainer(c); err != nil {
-				t.Errorf("testenv: terminate postgres: %v", err)
+			if err := p.Terminate(context.Background()); err != nil {
+				t.Errorf("testenv: %v", err)
 			}
 		})
 	}
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return p
+}
 
+// StartPair is NewPair for programs that are not tests (the game day): the
+// caller terminates the pair. On error the returned pair, if not nil,
+// holds what was started and must still be terminated.
+func StartPair(ctx context.Context) (*Pair, error) {
+	image := Image("TEST_POSTGRES_IMAGE", DefaultPostgresImage)
+	p := &Pair{}
 	primary, err := tcpostgres.Run(ctx, image,
 		tcpostgres.WithDatabase("postgres"),
 		tcpostgres.WithUsername("postgres"),
@@ -75,18 +89,17 @@ func NewPair(t testing.TB) *Pair {
 		testcontainers.WithCmdArgs("-c", "hba_file=/etc/testenv/pg_hba.conf"),
 	)
 	if primary != nil {
-		terminate(primary)
+		p.primary = primary
 	}
 	if err != nil {
-		t.Fatalf("testenv: "+dockerHelp, image, err)
+		return p, fmt.Errorf(dockerHelp, image, err)
 	}
 	primaryIP, err := primary.ContainerIP(ctx)
 	if err != nil {
-		t.Fatalf("testenv: primary's address: %v", err)
+		return p, fmt.Errorf("primary's address: %w", err)
 	}
-	primaryURL, err := primary.ConnectionString(ctx, "sslmode=disable")
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
+	if p.PrimaryURL, err = primary.ConnectionString(ctx, "sslmode=disable"); err != nil {
+		return p, err
 	}
 
 	standby, err := testcontainers.Run(ctx, image,
@@ -105,80 +118,124 @@ func NewPair(t testing.TB) *Pair {
 		),
 	)
 	if standby != nil {
-		terminate(standby)
+		p.standby = standby
 	}
 	if err != nil {
-		t.Fatalf("testenv: standby: %v", err)
+		return p, fmt.Errorf("standby: %w", err)
 	}
 	host, err := standby.Host(ctx)
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		return p, err
 	}
 	port, err := standby.MappedPort(ctx, "5432/tcp")
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		return p, err
 	}
-	u, err := url.Parse(primaryURL)
+	u, err := url.Parse(p.PrimaryURL)
 	if err != nil {
-		t.Fatalf("testenv: %v", err)
+		return p, err
 	}
 	u.Host = net.JoinHostPort(host, port.Port())
-	p := &Pair{PrimaryURL: primaryURL, StandbyURL: u.String(), primary: primary, standby: standby}
-	p.WaitReplayed(t)
-	return p
+	p.StandbyURL = u.String()
+	return p, p.WaitReplayed(ctx)
+}
+
+// Terminate removes both containers.
+func (p *Pair) Terminate(ctx context.Context) error {
+	var errs []error
+	for _, c := range []testcontainers.Container{p.standby, p.primary} {
+		if c != nil {
+			if err := testcontainers.TerminateContainer(c, testcontainers.StopContext(ctx)); err != nil {
+				errs = append(errs, fmt.Errorf("terminate postgres: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // WaitReplayed waits until the standby has replayed all the primary has
 // written so far.
-func (p *Pair) WaitReplayed(t testing.TB) {
-	t.Helper()
-	primary, standby := openPlain(t, p.PrimaryURL), openPlain(t, p.StandbyURL)
+func (p *Pair) WaitReplayed(ctx context.Context) error {
+	primary, standby, err := p.open()
+	if err != nil {
+		return err
+	}
+	defer primary.Close()
+	defer standby.Close()
 	var lsn string
-	if err := primary.QueryRow(`SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
-		t.Fatalf("testenv: primary's position: %v", err)
+	if err := primary.QueryRowContext(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&lsn); err != nil {
+		return fmt.Errorf("primary's position: %w", err)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
 		var caught bool
-		err := standby.QueryRow(`SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn`, lsn).Scan(&caught)
+		err := standby.QueryRowContext(ctx, `SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn`, lsn).Scan(&caught)
 		if err == nil && caught {
-			return
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("testenv: the standby did not replay up to %s within a minute (%v)", lsn, err)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the standby did not replay up to %s within a minute (%v)", lsn, cmp.Or(err, ctx.Err()))
 		}
 	}
 }
 
-// StopPrimary stops the primary's container: its server is gone, as in a
-// crash of its machine.
-func (p *Pair) StopPrimary(t testing.TB) {
-	t.Helper()
-	timeout := time.Duration(0)
-	if err := p.primary.Stop(context.Background(), &timeout); err != nil {
-		t.Fatalf("testenv: stop the primary: %v", err)
+// MakeSynchronous makes the primary wait, before it acknowledges a commit,
+// until the standby has the commit on disk (synchronous_standby_names =
+// '*'). Without it, a commit acknowledged just before the primary dies may
+// be missing on the promoted standby. It is set after the standby is
+// running: set at start, the primary's own start-up writes would wait for
+// a standby that does not exist yet. The setting lives in the primary's
+// data directory only, so the standby, once promoted, does not wait for a
+// standby of its own.
+func (p *Pair) MakeSynchronous(ctx context.Context) error {
+	primary, err := sql.Open("postgres", p.PrimaryURL)
+	if err != nil {
+		return err
 	}
+	defer primary.Close()
+	for _, q := range []string{`ALTER SYSTEM SET synchronous_standby_names = '*'`, `SELECT pg_reload_conf()`} {
+		if _, err := primary.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("make replication synchronous: %s: %w", q, err)
+		}
+	}
+	return nil
+}
+
+// StopPrimary stops the primary's container at once (SIGKILL): its server
+// is gone, as in a crash of its machine.
+func (p *Pair) StopPrimary(ctx context.Context) error {
+	timeout := time.Duration(0)
+	if err := p.primary.Stop(ctx, &timeout); err != nil {
+		return fmt.Errorf("stop the primary: %w", err)
+	}
+	return nil
 }
 
 // Promote makes the standby a primary (pg_promote, waiting for it) and
 // returns when it takes writes.
-func (p *Pair) Promote(t testing.TB) {
-	t.Helper()
-	standby := openPlain(t, p.StandbyURL)
-	var promoted bool
-	if err := standby.QueryRow(`SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil || !promoted {
-		t.Fatalf("testenv: promote the standby: %v (promoted %v)", err, promoted)
+func (p *Pair) Promote(ctx context.Context) error {
+	standby, err := sql.Open("postgres", p.StandbyURL)
+	if err != nil {
+		return err
 	}
+	defer standby.Close()
+	var promoted bool
+	if err := standby.QueryRowContext(ctx, `SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil || !promoted {
+		return fmt.Errorf("promote the standby: %v (promoted %v)", err, promoted)
+	}
+	return nil
 }
 
-// openPlain opens a small pool of lib/pq's own, independent of the pools
-// under test, closed when the test ends.
-func openPlain(t testing.TB, dsn string) *sql.DB {
-	t.Helper()
-	pool, err := sql.Open("postgres", dsn)
-	if err != nil {
-		t.Fatalf("testenv: %v", err)
+// open opens a small pool of lib/pq's own on each server, independent of
+// the pools under test.
+func (p *Pair) open() (primary, standby *sql.DB, err error) {
+	if primary, err = sql.Open("postgres", p.PrimaryURL); err != nil {
+		return nil, nil, err
 	}
-	pool.SetMaxOpenConns(2)
-	t.Cleanup(func() { pool.Close() })
-	return pool
+	if standby, err = sql.Open("postgres", p.StandbyURL); err != nil {
+		primary.Close()
+		return nil, nil, err
+	}
+	primary.SetMaxOpenConns(2)
+	standby.SetMaxOpenConns(2)
+	return primary, standby, nil
 }
