@@ -3,6 +3,8 @@ package payments_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -232,5 +234,55 @@ func TestReconciler_WaitsWhileTheProviderIsRefused(t *testing.T) {
 	f.svc.Provider = open // the breaker closed again
 	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 1 {
 		t.Fatalf("RunOnce after = %d, %v; want 1 settled", settled, err)
+	}
+}
+
+// The provider takes a charge request up late: it sat in the provider's
+// backlog past the attempt's deadline, and past the reconciler's verdict
+// that no charge exists (the payment failed). The request carries its
+// expiry, which has passed, so the provider does nothing: the failed
+// payment is never charged. Without the expiry this was a charge that no
+// payment accounts for, found by the game day's slow-provider run.
+func TestReconciler_AChargeTheProviderTakesUpAfterTheVerdictIsNeverMade(t *testing.T) {
+	fake := fakeprovider.New()
+	arrived, release, finished := make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	backlog := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/v1/charges" {
+			arrived <- struct{}{} // one attempt: the fixture's client does not retry
+			<-release             // in the backlog until the verdict is in
+			defer once.Do(func() { close(finished) })
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	t.Cleanup(backlog.Close)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release) // a failed test must not leave the handler blocking Close
+		}
+	})
+	f := newFixture(t, backlog.URL, 100*time.Millisecond)
+
+	res, err := f.create(context.Background(), input("k", 1000))
+	if err != nil || res.Payment.Status != payments.StatusProcessing {
+		t.Fatalf("Create = %+v, %v; want processing (the provider never answered)", res.Payment, err)
+	}
+	<-arrived
+	waitForDB(t, f.pool, "the attempt to age past After",
+		`SELECT now() - attempted_at > interval '2 milliseconds' FROM idempotency_keys WHERE resource_id = $1`, res.Payment.ID)
+	r := newReconciler(t, f, time.Millisecond)
+	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 1 {
+		t.Fatalf("RunOnce = %d, %v; want the payment settled", settled, err)
+	}
+	if got, err := f.svc.Get(context.Background(), "client_a", res.Payment.ID); err != nil || got.Status != payments.StatusFailed {
+		t.Fatalf("after the verdict: %+v, %v; want failed (no charge found)", got, err)
+	}
+
+	close(release) // the provider takes the request up now
+	<-finished
+	if charges := fake.Charges(); len(charges) != 0 {
+		t.Errorf("the provider charged %+v after the payment was failed: a charge no payment accounts for", charges)
 	}
 }

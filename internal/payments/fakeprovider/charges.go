@@ -73,21 +73,25 @@ func (p *Provider) createCharge(r *http.Request) answer {
 	if key == "" {
 		return errorAnswer(http.StatusBadRequest, "invalid_request", "the Idempotency-Key header is required")
 	}
-	var req chargeRequest
-	if err := decodeJSON(r.Body, &req); err != nil {
+	var body struct {
+		chargeRequest
+		expiry
+	}
+	if err := decodeJSON(r.Body, &body); err != nil {
 		return decodeErrorAnswer(err)
 	}
-	if err := req.validate(); err != nil {
+	if err := body.validate(); err != nil {
 		return errorAnswer(http.StatusBadRequest, "invalid_request", err.Error())
 	}
-	return p.charge(key, req)
+	return p.charge(key, body.chargeRequest, body.expiry)
 }
 
 // charge is the whole ledger decision for one request, made under the lock:
 // that is what makes concurrent requests with one key produce one charge.
 // Faults apply to replays too, since a real provider can fail on any request,
-// but a replay never changes the ledger.
-func (p *Provider) charge(key string, req chargeRequest) answer {
+// but a replay never changes the ledger. A request past its expiry charges
+// nothing; a replay of a charge made in time still answers it.
+func (p *Provider) charge(key string, req chargeRequest, exp expiry) answer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
@@ -100,6 +104,9 @@ func (p *Provider) charge(key string, req chargeRequest) answer {
 				"idempotency key %q was used for a charge of %d %s for %q; this request is for %d %s for %q",
 				key, ch.Amount, ch.Currency, ch.Reference, req.Amount, req.Currency, req.Reference))
 		}
+	}
+	if !seen && exp.passed(p.now()) {
+		return expiredAnswer(exp)
 	}
 	if p.draw(p.faults.ErrorRate) {
 		return errorRateAnswer()

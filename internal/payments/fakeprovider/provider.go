@@ -16,10 +16,10 @@
 //
 // The API, all in JSON:
 //
-//	POST /v1/charges    {"amount","currency","reference"} → 201 the charge, or 402 if declined
+//	POST /v1/charges    {"amount","currency","reference","expires_at"} → 201 the charge, or 402 if declined
 //	GET  /v1/charges    → {"data":[every charge],"count":n}
 //	GET  /v1/charges?idempotency_key=K → {"data":[the charge made with K, if any]}
-//	POST /v1/refunds    {"charge","amount","reference"} → 201 the refund; 404 unknown charge;
+//	POST /v1/refunds    {"charge","amount","reference","expires_at"} → 201 the refund; 404 unknown charge;
 //	                    422 declined charge, or more than the charge has left to refund
 //	GET  /v1/refunds    → {"data":[every refund],"count":n}
 //	GET  /v1/refunds?idempotency_key=K → {"data":[the refund made with K, if any]}
@@ -29,6 +29,13 @@
 // the first request came to, and a key reused for a different request is
 // refused (422 idempotency_key_reused). Charges and refunds keep their keys
 // apart. Errors answer {"error":code,"message":text}.
+//
+// expires_at (RFC 3339, optional) is the latest time at which the request
+// may be carried out. A request that reaches its turn later (it waited in a
+// backlog, or its sender froze before sending it) does nothing and answers
+// 409 request_expired; a replay of what was done in time still answers.
+// It is what lets a client that gave up on a request conclude, once the
+// expiry has passed, that "no charge found" means none will ever be made.
 package fakeprovider
 
 import (
@@ -49,8 +56,9 @@ type Provider struct {
 
 	mu           sync.Mutex
 	random       func() float64 // called with mu held, so it need not be safe for concurrent use
-	newChargeID  func() string  // called with mu held, likewise
-	newRefundID  func() string  // likewise
+	now          func() time.Time
+	newChargeID  func() string // called with mu held, likewise
+	newRefundID  func() string // likewise
 	faults       Faults
 	charges      []Charge       // in the order they were made, for listing
 	chargesByKey map[string]int // idempotency key → index into charges
@@ -76,6 +84,12 @@ func WithRandom(random func() float64) Option {
 	return func(p *Provider) { p.random = random }
 }
 
+// WithClock makes the provider read the time, for request expiries, from
+// now instead of time.Now.
+func WithClock(now func() time.Time) Option {
+	return func(p *Provider) { p.now = now }
+}
+
 // WithChargeIDs makes the provider name new charges with newID instead of
 // "ch_" and 24 random hex digits. It is called once per recorded charge,
 // while the charge is being recorded, and must not return the same ID twice.
@@ -94,6 +108,7 @@ func WithRefundIDs(newID func() string) Option {
 func New(opts ...Option) *Provider {
 	p := &Provider{
 		random:       rand.Float64,
+		now:          time.Now,
 		newChargeID:  func() string { return randomID("ch_") },
 		newRefundID:  func() string { return randomID("rf_") },
 		chargesByKey: make(map[string]int),

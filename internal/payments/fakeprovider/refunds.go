@@ -72,22 +72,27 @@ func (p *Provider) createRefund(r *http.Request) answer {
 	if key == "" {
 		return errorAnswer(http.StatusBadRequest, "invalid_request", "the Idempotency-Key header is required")
 	}
-	var req refundRequest
-	if err := decodeJSON(r.Body, &req); err != nil {
+	var body struct {
+		refundRequest
+		expiry
+	}
+	if err := decodeJSON(r.Body, &body); err != nil {
 		return decodeErrorAnswer(err)
 	}
-	if err := req.validate(); err != nil {
+	if err := body.validate(); err != nil {
 		return errorAnswer(http.StatusBadRequest, "invalid_request", err.Error())
 	}
-	return p.refund(key, req)
+	return p.refund(key, body.refundRequest, body.expiry)
 }
 
 // refund is the whole decision for one refund request, made under the lock
 // and in the order charge makes its own: that is what makes concurrent
 // requests with one key produce one refund, and concurrent refunds of one
 // charge never add up to more than it. Faults apply to replays too, but a
-// replay never changes the ledger.
-func (p *Provider) refund(key string, req refundRequest) answer {
+// replay never changes the ledger. A request past its expiry refunds
+// nothing, and is not recorded for its key: a later request with the key
+// may still be carried out.
+func (p *Provider) refund(key string, req refundRequest, exp expiry) answer {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
@@ -97,6 +102,9 @@ func (p *Provider) refund(key string, req refundRequest) answer {
 		return errorAnswer(http.StatusUnprocessableEntity, "idempotency_key_reused", fmt.Sprintf(
 			"idempotency key %q was used for a refund of %d of charge %q for %q; this request is for %d of charge %q for %q",
 			key, was.Amount, was.Charge, was.Reference, req.Amount, req.Charge, req.Reference))
+	}
+	if !seen && exp.passed(p.now()) {
+		return expiredAnswer(exp)
 	}
 	if p.draw(p.faults.ErrorRate) {
 		return errorRateAnswer()

@@ -171,7 +171,9 @@ func NewClient(cfg Config) (*Client, error) {
 // Charge asks the provider to charge. It returns the charge (succeeded or
 // declined) or an *Error matching ErrNotSent or ErrOutcomeUnknown.
 func (c *Client) Charge(ctx context.Context, req ChargeRequest) (Charge, error) {
-	body, err := json.Marshal(map[string]any{"amount": req.Amount, "currency": req.Currency, "reference": req.Reference})
+	body, err := json.Marshal(map[string]any{
+		"amount": req.Amount, "currency": req.Currency, "reference": req.Reference, "expires_at": c.expiry(ctx),
+	})
 	if err != nil {
 		return Charge{}, &Error{Op: "charge", Err: err}
 	}
@@ -179,6 +181,26 @@ func (c *Client) Charge(ctx context.Context, req ChargeRequest) (Charge, error) 
 	var charge Charge
 	err = c.do(ctx, "charge", http.MethodPost, "/v1/charges", header, body, &charge, http.StatusCreated, http.StatusPaymentRequired)
 	return charge, err
+}
+
+// CodeExpired is the provider's error code for a request that reached its
+// turn after its expires_at: it did nothing.
+const CodeExpired = "request_expired"
+
+// expiry is the latest time the provider may carry out a request sent now:
+// the attempt's own deadline. Without it, a request the provider takes up
+// late (it sat in the provider's backlog, or this process froze before it
+// left) could charge after the reconciler, finding no charge, has failed
+// the payment: an absence proves nothing while the request may still run.
+// With it, once the expiry has passed, no charge means none ever will be
+// (the reconciler's grace outlasts every attempt's deadline; the clocks of
+// the service and the provider must agree to within that margin).
+func (c *Client) expiry(ctx context.Context) time.Time {
+	deadline := time.Now().Add(c.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	return deadline.UTC()
 }
 
 // FindCharge looks up the charge made with an idempotency key. found is
@@ -201,7 +223,9 @@ func (c *Client) FindCharge(ctx context.Context, idempotencyKey string) (charge 
 // refused by a 4xx answer other than 429, which refunded nothing) or an
 // *Error matching ErrNotSent or ErrOutcomeUnknown.
 func (c *Client) Refund(ctx context.Context, req RefundRequest) (Refund, error) {
-	body, err := json.Marshal(map[string]any{"charge": req.Charge, "amount": req.Amount, "reference": req.Reference})
+	body, err := json.Marshal(map[string]any{
+		"charge": req.Charge, "amount": req.Amount, "reference": req.Reference, "expires_at": c.expiry(ctx),
+	})
 	if err != nil {
 		return Refund{}, &Error{Op: "refund", Err: err}
 	}
@@ -209,7 +233,8 @@ func (c *Client) Refund(ctx context.Context, req RefundRequest) (Refund, error) 
 	var refund Refund
 	err = c.do(ctx, "refund", http.MethodPost, "/v1/refunds", header, body, &refund, http.StatusCreated)
 	var perr *Error
-	if errors.As(err, &perr) && perr.StatusCode >= 400 && perr.StatusCode < 500 && perr.StatusCode != http.StatusTooManyRequests {
+	if errors.As(err, &perr) && perr.StatusCode >= 400 && perr.StatusCode < 500 &&
+		perr.StatusCode != http.StatusTooManyRequests && perr.Code != CodeExpired {
 		return Refund{Status: RefundRefused, Charge: req.Charge, Amount: req.Amount, Reference: req.Reference, Code: perr.Code}, nil
 	}
 	return refund, err
@@ -292,8 +317,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 		StatusCode: resp.StatusCode,
 		Code:       problem.Code,
 		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
-		Sent:       true,
-		Err:        fmt.Errorf("unexpected answer: %s", snippet(data)),
+		// An expired request did nothing: as safe as one never sent.
+		Sent: problem.Code != CodeExpired,
+		Err:  fmt.Errorf("unexpected answer: %s", snippet(data)),
 	}
 }
 

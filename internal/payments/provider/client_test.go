@@ -2,6 +2,7 @@ package provider_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -218,5 +219,61 @@ func TestNewClient_RejectsBadConfig(t *testing.T) {
 		if _, err := provider.NewClient(cfg); err == nil {
 			t.Errorf("NewClient(%+v) succeeded", cfg)
 		}
+	}
+}
+
+// Each charge and refund tells the provider when to give it up: the
+// attempt's deadline, or the caller's if sooner.
+func TestClient_SendsTheAttemptDeadlineAsExpiry(t *testing.T) {
+	expiries := make(chan time.Time, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			ExpiresAt time.Time `json:"expires_at"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			t.Errorf("decode the request: %v", err)
+		}
+		expiries <- body.ExpiresAt
+		w.WriteHeader(http.StatusCreated)
+		w.Write([]byte(`{"id":"x_1","status":"succeeded"}`))
+	}))
+	t.Cleanup(srv.Close)
+	const attempt = 2 * time.Second
+	c := newClient(t, srv.URL, attempt)
+
+	before := time.Now()
+	if _, err := c.Charge(context.Background(), charge("pay_1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-expiries; got.Before(before.Add(attempt)) || got.After(time.Now().Add(attempt)) {
+		t.Errorf("charge expires at %v, want the attempt's deadline, %v after it was sent", got, attempt)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(time.Second))
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	if _, err := c.Refund(ctx, provider.RefundRequest{IdempotencyKey: "re_1", Charge: "ch_1", Amount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-expiries; !got.Equal(deadline.UTC()) {
+		t.Errorf("refund expires at %v, want the caller's sooner deadline %v", got, deadline.UTC())
+	}
+}
+
+// A request the provider refused as expired did nothing: for the caller it
+// is as safe as one never sent, for a refund too (not a refusal to record).
+func TestClient_AnExpiredRequestIsNotSent(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		w.Write([]byte(`{"error":"request_expired","message":"too late"}`))
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, time.Second)
+	if _, err := c.Charge(context.Background(), charge("pay_1", 1)); !errors.Is(err, provider.ErrNotSent) {
+		t.Errorf("Charge = %v, want ErrNotSent", err)
+	}
+	r, err := c.Refund(context.Background(), provider.RefundRequest{IdempotencyKey: "re_1", Charge: "ch_1", Amount: 1})
+	if !errors.Is(err, provider.ErrNotSent) || r.Status == provider.RefundRefused {
+		t.Errorf("Refund = %+v, %v; want ErrNotSent, not a refusal", r, err)
 	}
 }
