@@ -251,6 +251,16 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 	if r := call(t, http.MethodGet, s.api+"/metrics", "", "", ""); r.status != 404 {
 		t.Errorf("/metrics on the public port: %d, want 404", r.status)
 	}
+	// Readiness on the admin port also says which server takes writes; the
+	// public one never names an address.
+	var detailed struct{ Details map[string]string }
+	if r := call(t, http.MethodGet, s.admin+"/health/ready", "", "", ""); r.status != 200 || json.Unmarshal(r.body, &detailed) != nil ||
+		!strings.HasPrefix(detailed.Details["postgres"], "writes on ") {
+		t.Errorf("admin readiness: %d %s; want 200 with details.postgres naming the writer", r.status, r.body)
+	}
+	if r := call(t, http.MethodGet, s.api+"/health/ready", "", "", ""); bytes.Contains(r.body, []byte("details")) {
+		t.Errorf("public readiness shows details: %s", r.body)
+	}
 
 	// The healthcheck subcommand agrees.
 	hc := map[string]string{"HTTP_ADDR": strings.TrimPrefix(s.api, "http://")}

@@ -138,7 +138,12 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		return err
 	}
 	probes := health.New(time.Second, log,
-		health.Check{Name: "postgres", Probe: primary.PingContext},
+		health.Check{Name: "postgres", Probe: primary.PingContext, Detail: func() string {
+			if w := topology.Writer(); w != "" {
+				return "writes on " + w
+			}
+			return ""
+		}},
 		// Optional: payments are served correctly through Postgres alone
 		// while Redis is down, so an outage shows as "degraded" and the
 		// replica stays ready. Failing readiness here would take every
@@ -174,7 +179,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	base := context.WithoutCancel(ctx)
 	return server.Run(ctx, server.Service{
 		Public: []server.Listener{{Name: "api", Server: server.NewHTTP(handler, cfg.HTTP, base, log), Listener: apiLn}},
-		Admin:  server.Listener{Name: "admin", Server: server.NewHTTP(server.NewAdminHandler(registry), cfg.HTTP, base, log), Listener: adminLn},
+		Admin:  server.Listener{Name: "admin", Server: server.NewHTTP(server.NewAdminHandler(registry, probes.ReadyDetailed), cfg.HTTP, base, log), Listener: adminLn},
 		Tasks: []func(context.Context) error{func(ctx context.Context) error {
 			topology.Run(ctx)
 			return nil

@@ -23,6 +23,10 @@ type Check struct {
 	// Failing readiness on such a dependency would take every replica out
 	// of the load balancer at once, for an outage the service could ride.
 	Optional bool
+	// Detail, if set, says more about the dependency for operators (which
+	// server takes writes, say). Only ReadyDetailed shows it: it may name
+	// addresses, which the public readiness body never does.
+	Detail func() string
 }
 
 // Health answers the liveness and readiness probes.
@@ -86,6 +90,8 @@ type healthBody struct {
 	// Reason is set only while shutting down, when every check may be
 	// fine and the replica is still not ready.
 	Reason string `json:"reason,omitempty"`
+	// Details are the checks' details, by check, in ReadyDetailed only.
+	Details map[string]string `json:"details,omitempty"`
 }
 
 // Live serves the liveness probe.
@@ -96,6 +102,30 @@ func (h *Health) Live(w http.ResponseWriter, r *http.Request) {
 // Ready serves the readiness probe.
 func (h *Health) Ready(w http.ResponseWriter, r *http.Request) {
 	ready, body := h.report(r.Context())
+	status := http.StatusOK
+	if !ready {
+		status = http.StatusServiceUnavailable
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	web.WriteJSON(w, status, body)
+}
+
+// ReadyDetailed serves the readiness probe with each check's details
+// added, for the private admin port: the same verdict and status code as
+// Ready.
+func (h *Health) ReadyDetailed(w http.ResponseWriter, r *http.Request) {
+	ready, body := h.report(r.Context())
+	for _, c := range h.checks {
+		if c.Detail == nil {
+			continue
+		}
+		if d := c.Detail(); d != "" {
+			if body.Details == nil {
+				body.Details = map[string]string{}
+			}
+			body.Details[c.Name] = d
+		}
+	}
 	status := http.StatusOK
 	if !ready {
 		status = http.StatusServiceUnavailable

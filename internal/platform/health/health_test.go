@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -192,5 +193,33 @@ func TestHealthReady_ShutdownIsNotCached(t *testing.T) {
 	h.Ready(rec, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("shutting down, within the cache's second: %d, want 503", rec.Code)
+	}
+}
+
+// Details are for the private admin port: ReadyDetailed shows them with
+// the same verdict as Ready, and Ready never does, since they may name
+// addresses.
+func TestHealthReadyDetailed_ShowsDetailsOnlyThere(t *testing.T) {
+	for _, pgErr := range []error{nil, refused} {
+		h := New(time.Second, slog.New(slog.DiscardHandler),
+			Check{Name: "postgres", Probe: probe(pgErr), Detail: func() string { return "writes on 10.1.2.3:5432" }},
+			Check{Name: "redis", Optional: true, Probe: probe(nil), Detail: func() string { return "" }})
+		h.SetMigrated()
+		public, detailed := httptest.NewRecorder(), httptest.NewRecorder()
+		h.Ready(public, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+		h.ReadyDetailed(detailed, httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+		if public.Code != detailed.Code {
+			t.Errorf("postgres %v: Ready %d, ReadyDetailed %d; want the same verdict", pgErr, public.Code, detailed.Code)
+		}
+		if strings.Contains(public.Body.String(), "10.1.2.3") || strings.Contains(public.Body.String(), "details") {
+			t.Errorf("public readiness shows details: %s", public.Body)
+		}
+		var body healthBody
+		if err := json.Unmarshal(detailed.Body.Bytes(), &body); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]string{"postgres": "writes on 10.1.2.3:5432"}; !maps.Equal(body.Details, want) {
+			t.Errorf("details = %v, want %v (an empty detail left out)", body.Details, want)
+		}
 	}
 }

@@ -14,10 +14,14 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/config"
 )
 
-// NewAdminHandler returns the admin endpoints: /metrics and /debug/pprof/.
-// Serve it on its own port, never the public one.
-func NewAdminHandler(gatherer prometheus.Gatherer) http.Handler {
+// NewAdminHandler returns the admin endpoints: /metrics, /debug/pprof/,
+// and /health/ready served by ready when it is not nil (a readiness with
+// the details the public one leaves out).
+func NewAdminHandler(gatherer prometheus.Gatherer, ready http.HandlerFunc) http.Handler {
 	mux := http.NewServeMux()
+	if ready != nil {
+		mux.HandleFunc("GET /health/ready", ready)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	// Registered by hand on our own mux: importing net/http/pprof also
 	// registers on http.DefaultServeMux, which nothing here serves.
