@@ -59,6 +59,18 @@ lint: ## gofmt check, go vet, staticcheck, in every module
 bench: ## benchmark the protections against failsafe-go
 	$(GO) -C bench test -run '^$$' -bench . -benchmem -count 1
 
+# The game day: Postgres (primary + synchronous standby) and Redis in
+# containers (TEST_POSTGRES_IMAGE / TEST_REDIS_IMAGE, Docker needed), the
+# fake provider, toxiproxy in front of each, two server processes, load,
+# faults; report.md, a plot per run and verdict.json in GAMEDAY_OUT. Exits
+# non-zero when a hypothesis or an invariant fails. DURATION is each run's
+# length; SHORT=1 runs every scenario in about 5 minutes, as CI does.
+DURATION    ?= 40s
+GAMEDAY_OUT ?= gameday-report
+.PHONY: gameday
+gameday: ## inject faults under load; report in GAMEDAY_OUT (DURATION=…, SHORT=1)
+	$(GO) run ./cmd/gameday $(if $(SHORT),-short,-duration $(DURATION)) -out '$(GAMEDAY_OUT)'
+
 # SMOKE_URL and SMOKE_API_KEY (environment or `make smoke SMOKE_URL=…`)
 # point it at another deployment; the defaults are docker-compose.yml's.
 .PHONY: smoke
