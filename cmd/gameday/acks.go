@@ -2,6 +2,7 @@ package main
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 )
@@ -138,6 +139,15 @@ func (a *acks) refundable() (ackedPayment, bool) {
 		a.ok = a.ok[:len(a.ok)-1]
 	}
 	return ackedPayment{}, false
+}
+
+// paymentOf is the payment a key's create was answered with, and whether
+// it was ever answered with another.
+func (a *acks) paymentOf(key string) (id string, twice, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id, ok = a.byKey[key]
+	return id, slices.Contains(a.twice, key), ok
 }
 
 // snapshot copies what the audit needs.

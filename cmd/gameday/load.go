@@ -43,7 +43,8 @@ type sample struct {
 	Latency  time.Duration
 	Status   int // 0 when no HTTP answer came
 	Op       string
-	Retry    bool // a client's re-send of an earlier request with its key
+	Retry    bool   // a client's re-send of an earlier request with its key
+	Key      string // the POST's Idempotency-Key
 	Instance string
 	Stale    bool // a read of an acknowledged payment answered 404
 
@@ -210,7 +211,7 @@ func (l *load) post(op string, at time.Time, path, key, body string, amount int6
 	backoff := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		s, answer := l.do(http.MethodPost, path, key, body, at)
-		s.Op, s.Retry = op, attempt > 0
+		s.Op, s.Retry, s.Key = op, attempt > 0, key
 		l.record(s)
 		if s.Status >= 200 && s.Status < 300 {
 			if paymentID == "" {

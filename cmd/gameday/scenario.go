@@ -45,6 +45,7 @@ type Phases struct {
 // experiment is one run of a scenario in progress, and what it measured.
 type experiment struct {
 	env     *Env
+	acks    *acks
 	load    *load
 	sampler *sampler
 	phases  Phases
@@ -97,7 +98,7 @@ func runScenario(ctx context.Context, env *Env, acked *acks, s Scenario, phases 
 			return nil, err
 		}
 	}
-	x := &experiment{env: env, phases: phases, log: log, run: r}
+	x := &experiment{env: env, acks: acked, phases: phases, log: log, run: r}
 	x.load = newLoad(env.Balancer, acked, rate)
 	if s.Setup != nil {
 		if err := s.Setup(ctx, x); err != nil {

@@ -392,22 +392,59 @@ func failover() Scenario {
 			return nil
 		},
 		Checks: func(x *experiment) []Check {
-			var first time.Duration = -1
-			for _, s := range x.samples {
-				at := s.Sent.Sub(x.start) + s.Latency
-				if s.Op == opCreate && s.Status == 201 && s.Sent.Sub(x.start) >= x.faultEnd && (first < 0 || at < first) {
-					first = at
-				}
-			}
-			got := "never"
-			if first >= 0 {
-				got = (first - x.faultEnd).Round(10 * time.Millisecond).String()
-			}
-			return []Check{{
-				Name: "writes resume after the promotion", Want: "within 3s", Got: got,
-				OK: first >= 0 && first-x.faultEnd <= 3*time.Second,
-			}}
+			return []Check{writesResumed(x, x.faultEnd, "after the promotion", 3*time.Second),
+				writesResumed(x, x.faultStart, "after the primary died (the write outage)", 5*time.Second),
+				retriedAcrossChargedOnce(x)}
 		},
+	}
+}
+
+// writesResumed measures from since to the answer of the first new payment
+// sent after it that was charged.
+func writesResumed(x *experiment, since time.Duration, what string, bound time.Duration) Check {
+	first := time.Duration(-1)
+	for _, s := range x.samples {
+		sent := s.Sent.Sub(x.start)
+		if s.Op == opCreate && s.Status == 201 && sent >= since && (first < 0 || sent+s.Latency < first) {
+			first = sent + s.Latency
+		}
+	}
+	got := "never"
+	if first >= 0 {
+		got = (first - since).Round(10 * time.Millisecond).String()
+	}
+	return Check{Name: "writes resume " + what, Want: "within " + bound.String(), Got: got, OK: first >= 0 && first-since <= bound}
+}
+
+// retriedAcrossChargedOnce follows the keys whose create failed or got no
+// answer before the promotion and was sent again after it: each must have
+// been answered with one payment only, charged at most once.
+func retriedAcrossChargedOnce(x *experiment) Check {
+	before, after := map[string]bool{}, map[string]bool{}
+	for _, s := range x.samples {
+		if s.Op != opCreate {
+			continue
+		}
+		switch sent := s.Sent.Sub(x.start); {
+		case sent < x.faultEnd && (s.Status == 0 || s.Status >= 500):
+			before[s.Key] = true
+		case sent >= x.faultEnd && s.Retry:
+			after[s.Key] = true
+		}
+	}
+	across, twice := 0, 0
+	for key := range before {
+		if !after[key] {
+			continue
+		}
+		across++
+		if id, answeredTwice, ok := x.acks.paymentOf(key); answeredTwice || (ok && len(x.env.Provider.ChargesByKey(id)) > 1) {
+			twice++
+		}
+	}
+	return Check{
+		Name: "keys retried across the failover, charged more than once", Want: "0",
+		Got: fmt.Sprintf("%d of %d", twice, across), OK: twice == 0,
 	}
 }
 
