@@ -20,7 +20,7 @@ func TestWritesResumed_IsTheFirstChargedCreateSentAfterTheInstant(t *testing.T) 
 		{Sent: at(1100 * time.Millisecond), Latency: 10 * time.Millisecond, Status: 200, Op: opGet},
 		{Sent: at(1200 * time.Millisecond), Latency: 10 * time.Millisecond, Status: 201, Op: opDuplicate},
 		{Sent: at(1300 * time.Millisecond), Latency: time.Second, Status: 503, Op: opCreate},
-		{Sent: at(1500 * time.Millisecond), Latency: time.Second, Status: 201, Op: opCreate}, // answered at 2.5 s
+		{Sent: at(1500 * time.Millisecond), Latency: time.Second, Status: 201, Op: opCreate},    // answered at 2.5 s
 		{Sent: at(2 * time.Second), Latency: 100 * time.Millisecond, Status: 201, Op: opCreate}, // answered at 2.1 s: first
 	}}
 	if c := writesResumed(x, time.Second, "after", 2*time.Second); !c.OK || c.Got != "1.1s" {
