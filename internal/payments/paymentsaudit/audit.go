@@ -28,7 +28,7 @@ type Acknowledged struct {
 // Findings is the audit's result. The counts describe the ledger; each
 // slice lists the violations of one invariant, empty when it holds.
 type Findings struct {
-	Payments, Succeeded, Processing int // rows, and by status
+	Payments, Succeeded, Failed, Processing int // rows, and by status
 	Refunds, RefundsSucceeded       int
 	Charges, ProviderRefunds        int // the provider's succeeded charges and its refunds
 
@@ -46,7 +46,8 @@ type Findings struct {
 	// answered: a 2xx the database lost.
 	Missing []string
 	// OverRefunded lists payments refunded above their amount, or whose
-	// refunded total disagrees with their succeeded refunds.
+	// refunded total disagrees with their succeeded refunds or with the
+	// provider's, or with an amount still reserved for a refund.
 	OverRefunded []string
 	// Unsettled lists payments and refunds still processing.
 	Unsettled []string
@@ -92,8 +93,9 @@ func WaitSettled(ctx context.Context, db *sql.DB) (int, error) {
 }
 
 type payment struct {
-	key, status, chargeID string
-	amount, refunded      int64
+	key, status, chargeID     string
+	amount, refunded, pending int64
+	refundRows                int64 // the sum of its succeeded refunds' rows
 }
 
 type refund struct {
@@ -119,6 +121,8 @@ func Audit(ctx context.Context, db *sql.DB, charges []fakeprovider.Charge, provi
 		switch p.status {
 		case "succeeded":
 			f.Succeeded++
+		case "failed":
+			f.Failed++
 		case "processing":
 			f.Processing++
 			f.Unsettled = append(f.Unsettled, id)
@@ -143,6 +147,9 @@ func Audit(ctx context.Context, db *sql.DB, charges []fakeprovider.Charge, provi
 		}
 		chargesByKey[p.key]++
 		if ch.Status != fakeprovider.StatusSucceeded {
+			if p.status == "succeeded" {
+				f.Unbalanced = append(f.Unbalanced, fmt.Sprintf("charge %s was declined but payment %s succeeded", ch.ID, ch.IdempotencyKey))
+			}
 			continue
 		}
 		f.Charges++
@@ -183,9 +190,11 @@ func Audit(ctx context.Context, db *sql.DB, charges []fakeprovider.Charge, provi
 		}
 	}
 	for id, p := range payments {
-		if p.refunded > p.amount || (p.chargeID != "" && refundedByCharge[p.chargeID] != p.refunded) {
-			f.OverRefunded = append(f.OverRefunded, fmt.Sprintf("payment %s of %d: refunded %d, the provider refunded %d",
-				id, p.amount, p.refunded, refundedByCharge[p.chargeID]))
+		if p.refunded > p.amount || p.pending != 0 || p.refunded != p.refundRows ||
+			(p.chargeID != "" && refundedByCharge[p.chargeID] != p.refunded) {
+			f.OverRefunded = append(f.OverRefunded, fmt.Sprintf(
+				"payment %s of %d: refunded %d, pending %d, its succeeded refunds sum to %d, the provider refunded %d",
+				id, p.amount, p.refunded, p.pending, p.refundRows, refundedByCharge[p.chargeID]))
 		}
 	}
 
@@ -207,7 +216,8 @@ func Audit(ctx context.Context, db *sql.DB, charges []fakeprovider.Charge, provi
 
 func readPayments(ctx context.Context, db *sql.DB) (map[string]payment, error) {
 	rows, err := db.QueryContext(ctx, `SELECT p.id, coalesce(k.scope || '/' || k.key, ''), p.status, coalesce(p.provider_charge_id, ''),
-			p.amount, p.amount_refunded
+			p.amount, p.amount_refunded, p.amount_refund_pending,
+			coalesce((SELECT sum(r.amount) FROM refunds r WHERE r.payment_id = p.id AND r.status = 'succeeded'), 0)
 		FROM payments p LEFT JOIN idempotency_keys k ON k.kind = 'payment' AND k.resource_id = p.id`)
 	if err != nil {
 		return nil, fmt.Errorf("read payments: %w", err)
@@ -217,7 +227,7 @@ func readPayments(ctx context.Context, db *sql.DB) (map[string]payment, error) {
 	for rows.Next() {
 		var id string
 		var p payment
-		if err := rows.Scan(&id, &p.key, &p.status, &p.chargeID, &p.amount, &p.refunded); err != nil {
+		if err := rows.Scan(&id, &p.key, &p.status, &p.chargeID, &p.amount, &p.refunded, &p.pending, &p.refundRows); err != nil {
 			return nil, fmt.Errorf("read payments: %w", err)
 		}
 		out[id] = p

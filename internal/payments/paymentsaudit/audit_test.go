@@ -95,6 +95,14 @@ func TestAudit_FindsEachBrokenInvariant(t *testing.T) {
 			*c = append(*c, fakeprovider.Charge{ID: "ch_1b", Status: fakeprovider.StatusSucceeded, Amount: 1000, IdempotencyKey: "pay_1"})
 			return nil
 		}, "keys charged twice"},
+		{"a declined charge whose payment succeeded", func(db *sql.DB, c *[]fakeprovider.Charge, _ *[]fakeprovider.Refund, _ *paymentsaudit.Acknowledged) error {
+			(*c)[1].Status = fakeprovider.StatusDeclined
+			return nil
+		}, "provider ledger and Postgres disagree"},
+		{"an amount left reserved for a refund", func(db *sql.DB, _ *[]fakeprovider.Charge, _ *[]fakeprovider.Refund, _ *paymentsaudit.Acknowledged) error {
+			_, err := db.Exec(`UPDATE payments SET amount_refund_pending = 50 WHERE id = 'pay_2'`)
+			return err
+		}, "refunds wrong for their payment"},
 		{"a payment refunded above what its refunds say", func(db *sql.DB, _ *[]fakeprovider.Charge, _ *[]fakeprovider.Refund, _ *paymentsaudit.Acknowledged) error {
 			_, err := db.Exec(`UPDATE payments SET amount_refunded = 400 WHERE id = 'pay_1'`)
 			return err
