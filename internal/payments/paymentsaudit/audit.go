@@ -29,8 +29,8 @@ type Acknowledged struct {
 // slice lists the violations of one invariant, empty when it holds.
 type Findings struct {
 	Payments, Succeeded, Failed, Processing int // rows, and by status
-	Refunds, RefundsSucceeded       int
-	Charges, ProviderRefunds        int // the provider's succeeded charges and its refunds
+	Refunds, RefundsSucceeded               int
+	Charges, ProviderRefunds                int // the provider's succeeded charges and its refunds
 
 	// ChargedTwice lists client idempotency keys (scope/key) whose payment
 	// the provider charged more than once. A key names one payment (the
