@@ -227,3 +227,36 @@ func TestFormatDuration_DropsZeroUnits(t *testing.T) {
 		}
 	}
 }
+
+// A host list, as libpq's URLs allow for failover, IPv6 literals included:
+// accepted, and masked with its hosts kept; a list with a bad host is not.
+func TestURL_AcceptsAHostList(t *testing.T) {
+	tests := []struct {
+		url, wantErr string
+	}{
+		{"postgres://app:s3cret@pg-a:5432,pg-b:5433/app?target_session_attrs=read-write", ""},
+		{"postgres://app:s3cret@[::1]:5432,[2001:db8::2]:5433/app?target_session_attrs=read-write", ""},
+		{"postgres://app:s3cret@[::1],[::2]/app", ""},
+		{"postgres://app:s3cret@[::1]:5432,/app", "DATABASE_URL=(hidden): not a valid URL"},
+		{"postgres://app:s3cret@[::1]:5432,[::2/app", "DATABASE_URL=(hidden): not a valid URL"},
+	}
+	for _, tt := range tests {
+		got, _, err := load(map[string]string{"DATABASE_URL": tt.url})
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: err = %v, want %q", tt.url, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got.URL != tt.url {
+			t.Errorf("%s: URL = %q, %v; want it accepted as is", tt.url, got.URL, err)
+			continue
+		}
+		var buf bytes.Buffer
+		slog.New(slog.NewTextHandler(&buf, nil)).Info("config", "config", Values(got.bind))
+		hosts := tt.url[strings.Index(tt.url, "@")+1 : strings.LastIndex(tt.url, "/app")]
+		if logged := buf.String(); strings.Contains(logged, "s3cret") || !strings.Contains(logged, hosts) {
+			t.Errorf("%s: logged %s; want the password masked and the hosts %s kept", tt.url, logged, hosts)
+		}
+	}
+}

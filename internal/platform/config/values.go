@@ -142,7 +142,7 @@ type urlValue struct {
 }
 
 func (v urlValue) Set(s string) error {
-	u, err := url.Parse(s)
+	u, err := parseURL(s)
 	if err != nil {
 		// url.Error repeats the whole URL, password included: say less.
 		return errors.New("not a valid URL")
@@ -158,6 +158,45 @@ func (v urlValue) Set(s string) error {
 }
 func (v urlValue) String() string { return *v.p }
 
+// parseURL parses s as url.Parse does, and also a URL whose host is a list
+// ("pg-a:5432,pg-b:5432", IPv6 literals in brackets included), which
+// libpq's URLs allow for failover and net/url refuses once a bracket is in
+// it. Each host must parse on its own; the URL returned has the whole
+// list as its Host.
+func parseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err == nil {
+		return u, nil
+	}
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		return nil, err
+	}
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	authority, tail := rest[:end], rest[end:]
+	userinfo, hosts := "", authority
+	if at := strings.LastIndex(authority, "@"); at >= 0 {
+		userinfo, hosts = authority[:at+1], authority[at+1:]
+	}
+	if !strings.Contains(hosts, ",") {
+		return nil, err
+	}
+	for _, h := range strings.Split(hosts, ",") {
+		if one, herr := url.Parse(scheme + "://" + h); h == "" || herr != nil || one.Host != h {
+			return nil, err
+		}
+	}
+	u, err = url.Parse(scheme + "://" + userinfo + "host" + tail)
+	if err != nil {
+		return nil, err
+	}
+	u.Host = hosts
+	return u, nil
+}
+
 // Masked shows the URL with its secrets replaced, or the empty string.
 // A password may sit in the query as well as in the userinfo: lib/pq and
 // go-redis both read ?password=.
@@ -165,7 +204,7 @@ func (v urlValue) Masked() string {
 	if *v.p == "" {
 		return ""
 	}
-	u, err := url.Parse(*v.p)
+	u, err := parseURL(*v.p)
 	if err != nil {
 		return "(hidden)"
 	}
