@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 )
 
 // baseConfig is the instances' configuration for every scenario: the
@@ -88,8 +87,8 @@ func providerOutage() Scenario {
 
 func providerErrors() Scenario {
 	return Scenario{
-		Name: "provider-errors", Title: "The provider fails 40% of calls",
-		Fault: "the provider answers 40% of charges and refunds 503 (nothing done)",
+		Name: "provider-errors", Title: "The provider flaps",
+		Fault: "the provider refuses connections 200 ms out of every 500 ms (its proxy stopped and started): 40% of attempts fail at once",
 		Hypothesis: "Retries recover part of the failed calls, but the retry budget keeps the attempts per " +
 			"call within its law, 1 + 20% + (1 a second per instance × seconds + a reserve of 2 per " +
 			"instance) / calls: a failing dependency is not hit much harder than the traffic hits the service.",
@@ -100,11 +99,21 @@ func providerErrors() Scenario {
 			"PROVIDER_RETRY_BUDGET_CAPACITY": "100000",
 		},
 		Inject: func(ctx context.Context, x *experiment) error {
-			if err := x.env.Provider.SetFaults(fakeprovider.Faults{ErrorRate: 0.4}); err != nil {
-				return err
+			p := x.env.Proxy(proxyProvider)
+			defer func() { _ = p.Start() }()
+			for end := time.Now().Add(x.phases.Fault); time.Now().Before(end); {
+				p.Stop()
+				if err := sleep(ctx, 200*time.Millisecond); err != nil {
+					return err
+				}
+				if err := p.Start(); err != nil {
+					return err
+				}
+				if err := sleep(ctx, 300*time.Millisecond); err != nil {
+					return err
+				}
 			}
-			defer x.env.Provider.ResetFaults()
-			return x.hold(ctx)
+			return nil
 		},
 		Checks: func(x *experiment) []Check {
 			return []Check{attemptsPerCall(x)}
