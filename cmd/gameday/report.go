@@ -177,11 +177,11 @@ func writeFailures(b *strings.Builder, failures []string) {
 func writeHowToRead(b *strings.Builder) {
 	b.WriteString(`## How to read this
 
-- Each run has a figure over the seconds since its start: requests per second by outcome, latency, and what the protections report about themselves. The fault window is shaded; dotted vertical lines are events, numbered as in the run's event list.
+- Each run has a figure over the seconds since its start: requests per second by outcome (by when they were sent), latency, what the protections did (retries, refusals, time spent waiting for a Postgres connection), and the breakers and readiness of the two instances. The fault window is shaded; dotted vertical lines are events, numbered as in the run's event list.
 - In the latency panel, the dashed line is the p99 that the SLO allows.
-- 503 is a refusal: the service says no at once, by design, rather than let the request wait. A fast 503 does not count against availability.
+- 503 is a refusal: the service says no at once, by design, rather than let the request wait. A 503 within 250 ms does not count against availability; a slower one does. 202 means the outcome is unknown: the payment is processing and the reconciler settles it.
 - "no answer" means the client got no HTTP response at all: it timed out or lost the connection.
-- Detect is how long after the fault started the service visibly reacted; recover is how long after the fault ended the SLO held again.
+- Detect is how long after the fault started the service visibly reacted (a breaker or a readiness changed); recover is how long after the fault ended the SLO held again and POSTs succeeded as often as before the fault.
 - Error budget spent is the share of the failures allowed by the availability objective that the run used: above 100%, the objective was missed.
 - Invariants are about the money. They are checked after the reconciler has settled every payment.
 - A run "without" a pattern is the same scenario with that pattern neutralised by configuration. It exists only to show what the pattern buys: its hypothesis is not judged, only its invariants are.
