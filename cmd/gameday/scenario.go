@@ -106,15 +106,38 @@ func runScenario(ctx context.Context, env *Env, acked *acks, s Scenario, phases 
 		}
 	}
 	calls0, wasted0 := env.Capacity.Counts()
+	if err := x.drive(ctx, s); err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Name, err)
+	}
+	if s.Teardown != nil {
+		if err := s.Teardown(ctx, x); err != nil {
+			return nil, fmt.Errorf("%s: teardown: %w", s.Name, err)
+		}
+	}
+	calls, wasted := env.Capacity.Counts()
+	logFailures(log, x)
+	x.evaluate(s)
+	r.Summary.ProviderCalls, r.Summary.Wasted = int(calls-calls0), int(wasted-wasted0)
+	inv, err := invariants(ctx, env, acked)
+	if err != nil {
+		return nil, err
+	}
+	r.Invariants = inv
+	r.Passed = allOK(r.Invariants) && (!r.Judged || allOK(r.Checks))
+	return r, nil
+}
 
+// drive runs the load and the sampler through the steady phase, the fault
+// and the recovery, then collects what they measured.
+func (x *experiment) drive(ctx context.Context, s Scenario) error {
 	x.start = time.Now()
-	x.sampler = newSampler(env, x.start)
+	x.sampler = newSampler(x.env, x.start)
 	bg, stop := context.WithCancel(ctx)
 	done := make(chan struct{}, 2)
 	go func() { x.sampler.run(bg); done <- struct{}{} }()
 	go func() { x.load.run(bg); done <- struct{}{} }()
-	faultErr := func() error {
-		if err := sleep(ctx, phases.Steady); err != nil {
+	err := func() error {
+		if err := sleep(ctx, x.phases.Steady); err != nil {
 			return err
 		}
 		x.faultStart = time.Since(x.start)
@@ -123,43 +146,31 @@ func runScenario(ctx context.Context, env *Env, acked *acks, s Scenario, phases 
 		x.faultEnd = time.Since(x.start)
 		x.event("fault over")
 		if err != nil {
-			return err
+			return fmt.Errorf("fault: %w", err)
 		}
-		return sleep(ctx, phases.Recovery)
+		return sleep(ctx, x.phases.Recovery)
 	}()
 	stop()
 	<-done
 	<-done
-	r.End = time.Since(x.start)
-	if faultErr != nil {
-		return nil, fmt.Errorf("%s: fault: %w", s.Name, faultErr)
-	}
-	if s.Teardown != nil {
-		if err := s.Teardown(ctx, x); err != nil {
-			return nil, fmt.Errorf("%s: teardown: %w", s.Name, err)
-		}
-	}
+	x.run.End = time.Since(x.start)
 	x.samples = x.load.Take()
 	x.readings, x.events = x.sampler.take()
-	calls, wasted := env.Capacity.Counts()
+	return err
+}
 
-	logFailures(log, x)
+// evaluate turns the measurements into the run's timeline, summary and
+// checks.
+func (x *experiment) evaluate(s Scenario) {
+	r := x.run
 	r.FaultStart, r.FaultEnd = x.faultStart, x.faultEnd
 	r.Events = x.events
 	r.Timeline = timeline(x)
 	r.Summary = summarize(x)
-	r.Summary.ProviderCalls, r.Summary.Wasted = int(calls-calls0), int(wasted-wasted0)
 	r.Detect = detect(x)
 	r.Recover = recovery(x)
 	r.BudgetSpent = budgetSpent(x)
 	r.Checks = append(steadyChecks(x), s.Checks(x)...)
-	inv, err := invariants(ctx, env, acked)
-	if err != nil {
-		return nil, err
-	}
-	r.Invariants = inv
-	r.Passed = allOK(r.Invariants) && (!r.Judged || allOK(r.Checks))
-	return r, nil
 }
 
 // logFailures logs the first failed requests of a run, for whoever reads
