@@ -15,6 +15,7 @@ type acks struct {
 	payments map[string]ackedPayment // by payment id
 	refunds  map[string]int64        // amount by refund id
 	byKey    map[string]string       // payment id by the client's key
+	idsOf    map[string][]string     // every payment id a key was answered with
 	twice    []string                // keys answered with two different payments
 	recent   []ackedPayment          // the newest creates, for duplicates and reads
 	sent     map[string]int          // refunds sent per payment
@@ -40,7 +41,7 @@ type ackedPayment struct {
 func newAcks() *acks {
 	return &acks{
 		payments: map[string]ackedPayment{}, refunds: map[string]int64{},
-		byKey: map[string]string{}, sent: map[string]int{}, refundOf: map[string]int64{},
+		byKey: map[string]string{}, idsOf: map[string][]string{}, sent: map[string]int{}, refundOf: map[string]int64{},
 	}
 }
 
@@ -53,6 +54,9 @@ func (a *acks) payment(key, body string, amount int64, ans answer) {
 	defer a.mu.Unlock()
 	if prev, ok := a.byKey[key]; ok && prev != ans.ID {
 		a.twice = append(a.twice, key)
+	}
+	if !slices.Contains(a.idsOf[key], ans.ID) {
+		a.idsOf[key] = append(a.idsOf[key], ans.ID)
 	}
 	a.byKey[key] = ans.ID
 	p := ackedPayment{id: ans.ID, key: key, body: body, amount: amount, at: time.Now()}
@@ -141,13 +145,12 @@ func (a *acks) refundable() (ackedPayment, bool) {
 	return ackedPayment{}, false
 }
 
-// paymentOf is the payment a key's create was answered with, and whether
-// it was ever answered with another.
-func (a *acks) paymentOf(key string) (id string, twice, ok bool) {
+// paymentsOf are the payments a key's creates were answered with: one,
+// unless the key was answered with two.
+func (a *acks) paymentsOf(key string) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	id, ok = a.byKey[key]
-	return id, slices.Contains(a.twice, key), ok
+	return slices.Clone(a.idsOf[key])
 }
 
 // snapshot copies what the audit needs.

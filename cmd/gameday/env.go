@@ -200,11 +200,11 @@ func hostPort(raw string) (string, error) {
 // Primary opens a pool on whichever server is the primary now, directly
 // (not through a proxy): the game day's own view, for the audit.
 func (e *Env) Primary() (*sql.DB, error) {
-	url := e.pair.PrimaryURL
+	dsn := e.pair.PrimaryURL
 	if e.promoted {
-		url = e.pair.StandbyURL
+		dsn = e.pair.StandbyURL
 	}
-	return sql.Open("postgres", url)
+	return sql.Open("postgres", dsn)
 }
 
 // Standby opens a pool on the standby, directly.
@@ -273,8 +273,8 @@ func (e *Env) Describe(p Phases) []string {
 		fmt.Sprintf("Provider: the fake provider in the game day's process, working on %d calls at once, %v each (%d a second)", providerSlots, providerHold, int(float64(providerSlots)/providerHold.Seconds())),
 		"Proxies: toxiproxy (embedded) in front of the Postgres primary, the standby, Redis and the provider; the instances reach them only through it",
 		"Instances: 2 processes of the server binary (go build ./cmd/server), DATABASE_URL listing both Postgres proxies with target_session_attrs=read-write, reads on the standby",
-		"Balancer: round robin over the instances whose readiness said ready at the last probe (every 100 ms); to all running instances when none is ready",
-		fmt.Sprintf("Load: open model, %d requests a second (6 in 10 new payments, 1 a duplicate of an answered request, 1 a refund, 2 reads of the newest payment); a POST without an answer or with a 5xx is sent again with its key up to 3 times", baseRate),
+		"Balancer: round robin over the instances whose readiness said ready at the last probe (every 500 ms), at the address probed; to every instance it has an address for when none is ready",
+		fmt.Sprintf("Load: open model, %d requests a second (6 in 10 new payments, 1 a duplicate of an answered request, 1 a refund, 2 reads: of the newest payment, or of one refunded over a second ago); a POST without an answer or with a 5xx is sent again with its key up to 3 times, never sooner than Retry-After", baseRate),
 		fmt.Sprintf("Each run: %v steady, %v fault, %v recovery; then the reconciler settles and the money is audited", p.Steady, p.Fault, p.Recovery),
 		"Instance configuration: " + strings.Join(cfg, " "),
 	}
@@ -315,12 +315,11 @@ func (e *Env) Close() error {
 	return errors.Join(errs...)
 }
 
-func mergeEnv(maps ...map[string]string) map[string]string {
+// mergeEnv merges environments, the later winning.
+func mergeEnv(envs ...map[string]string) map[string]string {
 	out := map[string]string{}
-	for _, m := range maps {
-		for k, v := range m {
-			out[k] = v
-		}
+	for _, m := range envs {
+		maps.Copy(out, m)
 	}
 	return out
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,10 +36,11 @@ func TestWritesResumed_IsTheFirstChargedCreateSentAfterTheInstant(t *testing.T) 
 	}
 }
 
-// TestRetriedAcrossChargedOnce_FailsOnAKeyAnsweredWithTwoPayments checks
-// the keys followed across the failover: a create that failed before it and
-// was retried after it counts; one answered with two payments fails.
-func TestRetriedAcrossChargedOnce_FailsOnAKeyAnsweredWithTwoPayments(t *testing.T) {
+// TestRetriedAcrossChargedOnce_FailsOnAKeyWhosePaymentsWereChargedTwice
+// checks the keys followed across the failover: a create that failed
+// before it and was retried after it counts; one whose payments hold two
+// charges between them fails.
+func TestRetriedAcrossChargedOnce_FailsOnAKeyWhosePaymentsWereChargedTwice(t *testing.T) {
 	t0 := time.Now()
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
 	acked := newAcks()
@@ -57,8 +60,28 @@ func TestRetriedAcrossChargedOnce_FailsOnAKeyAnsweredWithTwoPayments(t *testing.
 	if c := retriedAcrossChargedOnce(x); !c.OK || c.Got != "0 of 2" {
 		t.Errorf("check %+v, want OK, 0 of 2", c)
 	}
-	acked.payment("k2", "{}", 100, answer{ID: "pay_3", Status: "succeeded"}) // a second payment for k2
+	// k2 answered with a second payment: no harm while one of them is
+	// charged, a double charge once both are.
+	acked.payment("k2", "{}", 100, answer{ID: "pay_3", Status: "succeeded"})
+	charge(t, x.env.Provider, "pay_2")
+	if c := retriedAcrossChargedOnce(x); !c.OK {
+		t.Errorf("check %+v with one of k2's payments charged, want OK", c)
+	}
+	charge(t, x.env.Provider, "pay_3")
 	if c := retriedAcrossChargedOnce(x); c.OK || c.Got != "1 of 2" {
-		t.Errorf("check %+v, want failed, 1 of 2", c)
+		t.Errorf("check %+v with both of k2's payments charged, want failed, 1 of 2", c)
+	}
+}
+
+// charge makes the fake provider charge under a payment's id, as the
+// service does.
+func charge(t *testing.T, p *fakeprovider.Provider, paymentID string) {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodPost, "/v1/charges", strings.NewReader(`{"amount":100,"currency":"usd","reference":"`+paymentID+`"}`))
+	req.Header.Set("Idempotency-Key", paymentID)
+	rec := httptest.NewRecorder()
+	p.ServeHTTP(rec, req)
+	if rec.Code != http.StatusCreated {
+		t.Fatalf("charge %s: %d %s", paymentID, rec.Code, rec.Body)
 	}
 }

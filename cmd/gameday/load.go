@@ -26,8 +26,8 @@ import (
 // a payment back: the newest created, or the one most recently refunded (a
 // client reading its own write). A client whose
 // POST got no answer, or a 5xx, sends it again with the same key after a
-// backoff (full jitter, at least what Retry-After asks, up to 2 s), up to 3
-// times: the retries that the idempotency keys make safe.
+// backoff (full jitter, but never sooner than Retry-After asks, capped at
+// 2 s), up to 3 times: the retries that the idempotency keys make safe.
 
 // Operations, as samples name them.
 const (
@@ -46,7 +46,7 @@ type sample struct {
 	Retry    bool   // a client's re-send of an earlier request with its key
 	Key      string // the POST's Idempotency-Key
 	Instance string
-	Stale    bool // a read of an acknowledged payment answered 404
+	Stale    bool // a read that missed a write acknowledged over staleAllowed before it
 
 	retryAfter time.Duration // the answer's Retry-After, at most maxRetryAfter
 	err        error         // why no answer came
@@ -101,7 +101,7 @@ func (l *load) SetRate(perSecond float64) {
 	l.rate = perSecond
 }
 
-// Samples returns the samples so far and forgets them.
+// Take returns the samples so far and forgets them.
 func (l *load) Take() []sample {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -134,7 +134,7 @@ func (l *load) run(ctx context.Context) {
 		}
 		at := next
 		op := pickOp(n)
-		wg.Go(func() { l.send(op, at, n) })
+		wg.Go(func() { l.send(ctx, op, at, n) })
 	}
 }
 
@@ -152,7 +152,7 @@ func pickOp(n int) string {
 	}
 }
 
-func (l *load) send(op string, at time.Time, n int) {
+func (l *load) send(ctx context.Context, op string, at time.Time, n int) {
 	switch op {
 	case opCreate:
 		amount := rand.Int64N(99_000) + 100
@@ -160,24 +160,24 @@ func (l *load) send(op string, at time.Time, n int) {
 			amount++
 		}
 		body := fmt.Sprintf(`{"amount":%d,"currency":"usd"}`, amount)
-		l.post(op, at, "/v1/payments", newKey(), body, amount, "")
+		l.post(ctx, op, at, "/v1/payments", newKey(), body, amount, "")
 	case opDuplicate:
 		c, ok := l.acks.recentCreate()
 		if !ok {
-			l.send(opCreate, at, n)
+			l.send(ctx, opCreate, at, n)
 			return
 		}
-		l.post(op, at, "/v1/payments", c.key, c.body, c.amount, "")
+		l.post(ctx, op, at, "/v1/payments", c.key, c.body, c.amount, "")
 	case opRefund:
 		p, ok := l.acks.refundable()
 		if !ok {
-			l.send(opCreate, at, n)
+			l.send(ctx, opCreate, at, n)
 			return
 		}
 		amount := max(p.amount/10, 1)
-		l.post(op, at, "/v1/payments/"+p.id+"/refunds", newKey(), fmt.Sprintf(`{"amount":%d}`, amount), amount, p.id)
+		l.post(ctx, op, at, "/v1/payments/"+p.id+"/refunds", newKey(), fmt.Sprintf(`{"amount":%d}`, amount), amount, p.id)
 	case opGet:
-		l.read(at, n)
+		l.read(ctx, at, n)
 	}
 }
 
@@ -186,18 +186,19 @@ func (l *load) send(op string, at time.Time, n int) {
 // staleAllowed ago. Reads may go to a replica as long as it is known to
 // hold every commit up to DATABASE_REPLICA_MAX_LAG ago, so a write younger
 // than that may not show yet, by design; an older one must. The read is
-// stale when it does not show it: the refund not counted.
-func (l *load) read(at time.Time, n int) {
+// stale when it does not show it: the payment missing, or the refund not
+// counted.
+func (l *load) read(ctx context.Context, at time.Time, n int) {
 	id, refunded := "", int64(0)
 	if r, ok := l.acks.refundedBefore(at.Add(-staleAllowed)); ok && n%20 >= 10 {
 		id, refunded = r.paymentID, r.total
 	} else if id, _, ok = l.acks.newest(); !ok {
-		l.send(opCreate, at, n)
+		l.send(ctx, opCreate, at, n)
 		return
 	}
 	s, a := l.do(http.MethodGet, "/v1/payments/"+id, "", "", at)
 	s.Op = opGet
-	s.Stale = s.Status == http.StatusOK && a.AmountRefunded < refunded
+	s.Stale = refunded > 0 && (s.Status == http.StatusNotFound || (s.Status == http.StatusOK && a.AmountRefunded < refunded))
 	l.record(s)
 }
 
@@ -206,8 +207,8 @@ func (l *load) read(at time.Time, n int) {
 const staleAllowed = time.Second + 100*time.Millisecond
 
 // post sends a POST and, while the answer is lost or a 5xx, sends it again
-// with the same key.
-func (l *load) post(op string, at time.Time, path, key, body string, amount int64, paymentID string) {
+// with the same key; no more once ctx (the run's schedule) has ended.
+func (l *load) post(ctx context.Context, op string, at time.Time, path, key, body string, amount int64, paymentID string) {
 	backoff := 200 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		s, answer := l.do(http.MethodPost, path, key, body, at)
@@ -223,8 +224,9 @@ func (l *load) post(op string, at time.Time, path, key, body string, amount int6
 		if (s.Status != 0 && s.Status < 500) || attempt == 3 {
 			return
 		}
-		wait := max(backoff, s.retryAfter)
-		time.Sleep(wait/2 + rand.N(wait/2))
+		if sleep(ctx, max(rand.N(backoff), s.retryAfter)) != nil {
+			return
+		}
 		backoff *= 2
 		at = time.Now()
 	}

@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		phases, mode = Phases{Steady: 2 * time.Second, Fault: 5 * time.Second, Recovery: 5 * time.Second}, "short"
 	}
 	if phases.Recovery < 2*time.Second {
-		return fmt.Errorf("-duration %v is too short: each run needs at least 8s", *duration)
+		return fmt.Errorf("-duration %v is too short: each run needs at least 6s", *duration)
 	}
 	dir, err := filepath.Abs(*out)
 	if err != nil {
@@ -107,6 +107,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	defer func() { stopBalancer(); <-balanced }()
 
 	acked := newAcks()
+	var aborted error
 	for _, s := range scenarios() {
 		if !filter.MatchString(s.Name) {
 			continue
@@ -119,14 +120,23 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			env.Capacity.Set(providerSlots, providerHold)
 			r, err := runScenario(ctx, env, acked, s, phases, baseRate, neutralised, log)
 			if err != nil {
-				return err
+				// The runs done so far are worth their report: write it,
+				// saying why the game day stopped.
+				aborted = err
+				break
 			}
 			log.Info("run done", "scenario", r.Scenario, "variant", r.Variant, "passed", r.Passed)
 			report.Runs = append(report.Runs, r)
 		}
+		if aborted != nil {
+			break
+		}
 	}
 	report.Took = time.Since(report.Started)
-	report.Passed = true
+	report.Passed = aborted == nil
+	if aborted != nil {
+		report.Failures = append(report.Failures, "the game day stopped before its end: "+aborted.Error())
+	}
 	for _, r := range report.Runs {
 		for _, c := range append(append([]Check(nil), r.Invariants...), judged(r)...) {
 			if !c.OK {
@@ -139,7 +149,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stderr, "gameday: report in %s\n", filepath.Join(dir, "report.md"))
-	if !report.Passed {
+	switch {
+	case aborted != nil:
+		return aborted
+	case !report.Passed:
 		return errFailed
 	}
 	return nil

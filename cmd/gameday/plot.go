@@ -18,7 +18,7 @@ import (
 	"gonum.org/v1/plot/vg/vgimg"
 )
 
-// The figure: three panels stacked over one time axis, their legends in a
+// The figure: four panels stacked over one time axis, their legends in a
 // strip on the right so that no legend covers the lines.
 const (
 	figureWidth  = 10 * vg.Inch
@@ -65,7 +65,7 @@ func figureTitle(r *Run) string {
 	return title
 }
 
-// runPanels builds the three panels over the same time axis.
+// runPanels builds the four panels over the same time axis.
 func runPanels(r *Run) []panel {
 	end := timelineEnd(r)
 	rates := newPanel(r, "Requests per second by outcome", "requests/s", true)

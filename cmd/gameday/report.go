@@ -182,7 +182,7 @@ func writeHowToRead(b *strings.Builder) {
 - 503 is a refusal: the service says no at once, by design, rather than let the request wait. A 503 within 250 ms does not count against availability; a slower one does. 202 means the outcome is unknown: the payment is processing and the reconciler settles it.
 - "no answer" means the client got no HTTP response at all: it timed out or lost the connection.
 - Detect is how long after the fault started the service visibly reacted (a breaker or a readiness changed); recover is how long after the fault ended the SLO held again and POSTs succeeded as often as before the fault.
-- Error budget spent is the share of the failures allowed by the availability objective that the run used: above 100%, the objective was missed.
+- Error budget spent is the run's failures, fault included, over what the availability objective allows for as many requests: above 100%, the fault cost more than the objective allows. The hypothesis judges the SLO before the fault and after recovery, so a run can pass and still show a large number here.
 - Invariants are about the money. They are checked after the reconciler has settled every payment.
 - A run "without" a pattern is the same scenario with that pattern neutralised by configuration. It exists only to show what the pattern buys: its hypothesis is not judged, only its invariants are.
 

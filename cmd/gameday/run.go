@@ -112,7 +112,7 @@ type Summary struct {
 	ProviderCalls int `json:"provider_calls"`
 	Wasted        int `json:"wasted"`
 	// Retries of the load's own clients: requests sent again with the same
-	// key after no answer or a 503.
+	// key after no answer or a 5xx.
 	ClientRetries int `json:"client_retries"`
 }
 

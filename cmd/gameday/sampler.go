@@ -102,10 +102,12 @@ func (s *sampler) sample(ctx context.Context) {
 		prev, seen := s.last[a.name]
 		s.mu.Unlock()
 		if api, admin, ok := a.running(); ok {
-			// A scrape that fails leaves the instance as last seen: zeros
-			// would read as a breaker closing.
-			cur.api, cur.breaker, cur.counters = api, prev.breaker, prev.counters
+			// A scrape that fails leaves the instance as last seen, its
+			// process included: zeros would read as a breaker closing, and
+			// a new process's counters must count from its first scrape.
+			cur.api, cur.breaker, cur.counters = prev.api, prev.breaker, prev.counters
 			if fams, err := scrape(ctx, admin); err == nil {
+				cur.api = api
 				cur.breaker = sum(fams[metricBreaker], providerOnly)
 				cur.counters = map[string]float64{
 					"retries":  sum(fams[metricRetries], retriesOnly),

@@ -268,3 +268,29 @@ func TestSampler_ARestartedInstanceCountsFromZero(t *testing.T) {
 		t.Errorf("retries counted %v, want %v", got, want)
 	}
 }
+
+// TestSampler_ARestartedInstanceWhoseFirstScrapeFailsCountsFromZero checks
+// an instance replaced between scrapes whose new process does not answer
+// its first scrape: it is still the old process that was last seen, so the
+// new one's counters all count once it answers.
+func TestSampler_ARestartedInstanceWhoseFirstScrapeFailsCountsFromZero(t *testing.T) {
+	old, replacement := newMetricsPage(t, retriesPage(1000)), newMetricsPage(t, "")
+	a := runningApp("a", old.URL)
+	s := newSampler(testEnv(a), time.Now())
+	s.sample(t.Context()) // the baseline
+	a.mu.Lock()
+	a.api, a.admin = replacement.URL, replacement.URL // restarted, not answering yet
+	a.mu.Unlock()
+	s.sample(t.Context())
+	replacement.set(retriesPage(7))
+	s.sample(t.Context())
+
+	readings, _ := s.take()
+	var got []float64
+	for _, r := range readings {
+		got = append(got, r.retries)
+	}
+	if want := []float64{0, 0, 7}; !slices.Equal(got, want) {
+		t.Errorf("retries counted %v, want %v", got, want)
+	}
+}
