@@ -269,7 +269,7 @@ func TestReconciler_AChargeTheProviderTakesUpAfterTheVerdictIsNeverMade(t *testi
 	if err != nil || res.Payment.Status != payments.StatusProcessing {
 		t.Fatalf("Create = %+v, %v; want processing (the provider never answered)", res.Payment, err)
 	}
-	<-arrived
+	receive(t, arrived, "the charge request to reach the provider")
 	waitForDB(t, f.pool, "the attempt to age past After",
 		`SELECT now() - attempted_at > interval '2 milliseconds' FROM idempotency_keys WHERE resource_id = $1`, res.Payment.ID)
 	r := newReconciler(t, f, time.Millisecond)
@@ -281,8 +281,18 @@ func TestReconciler_AChargeTheProviderTakesUpAfterTheVerdictIsNeverMade(t *testi
 	}
 
 	close(release) // the provider takes the request up now
-	<-finished
+	receive(t, finished, "the provider to be done with the request")
 	if charges := fake.Charges(); len(charges) != 0 {
 		t.Errorf("the provider charged %+v after the payment was failed: a charge no payment accounts for", charges)
+	}
+}
+
+// receive waits for c, failing the test after 10 s rather than hanging it.
+func receive(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }

@@ -134,7 +134,7 @@ func (p *Provider) record(key string, req chargeRequest) int {
 		Currency:       req.Currency,
 		Reference:      req.Reference,
 		IdempotencyKey: key,
-		CreatedAt:      time.Now().UTC(),
+		CreatedAt:      p.now().UTC(),
 	}
 	if declined(req.Amount) {
 		ch.Status, ch.Code = StatusDeclined, CodeCardDeclined

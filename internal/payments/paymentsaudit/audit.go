@@ -145,7 +145,9 @@ func Audit(ctx context.Context, db *sql.DB, charges []fakeprovider.Charge, provi
 			f.Unbalanced = append(f.Unbalanced, "charge "+ch.ID+" has no payment")
 			continue
 		}
-		chargesByKey[p.key]++
+		if ch.Status == fakeprovider.StatusSucceeded && p.key != "" {
+			chargesByKey[p.key]++
+		}
 		if ch.Status != fakeprovider.StatusSucceeded {
 			if p.status == "succeeded" {
 				f.Unbalanced = append(f.Unbalanced, fmt.Sprintf("charge %s was declined but payment %s succeeded", ch.ID, ch.IdempotencyKey))

@@ -55,7 +55,7 @@ func ledger(t *testing.T) (*sql.DB, []fakeprovider.Charge, []fakeprovider.Refund
 	return db, charges, refunds, acked
 }
 
-// Each invariant fails on the state that breaks it, and only that one.
+// Each invariant fails on the state that breaks it.
 func TestAudit_FindsEachBrokenInvariant(t *testing.T) {
 	tests := []struct {
 		name    string
