@@ -239,6 +239,7 @@ func TestURL_AcceptsAHostList(t *testing.T) {
 		{"postgres://app:s3cret@[::1],[::2]/app", ""},
 		{"postgres://app:s3cret@[::1]:5432,/app", "DATABASE_URL=(hidden): not a valid URL"},
 		{"postgres://app:s3cret@[::1]:5432,[::2/app", "DATABASE_URL=(hidden): not a valid URL"},
+		{"redis://app:s3cret@[::1]:5432,[::2]:5433/app", "DATABASE_URL=(hidden): not a valid URL"}, // only libpq lists hosts
 	}
 	for _, tt := range tests {
 		got, _, err := load(map[string]string{"DATABASE_URL": tt.url})

@@ -158,10 +158,10 @@ func (v urlValue) Set(s string) error {
 }
 func (v urlValue) String() string { return *v.p }
 
-// parseURL parses s as url.Parse does, and also a URL whose host is a list
-// ("pg-a:5432,pg-b:5432", IPv6 literals in brackets included), which
-// libpq's URLs allow for failover and net/url refuses once a bracket is in
-// it. Each host must parse on its own; the URL returned has the whole
+// parseURL parses s as url.Parse does, and also a Postgres URL whose host
+// is a list ("pg-a:5432,pg-b:5432", IPv6 literals in brackets included),
+// which libpq's URLs allow for failover and net/url refuses once a bracket
+// is in it; other schemes' clients could not parse such a URL. Each host must parse on its own; the URL returned has the whole
 // list as its Host.
 func parseURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
@@ -181,8 +181,8 @@ func parseURL(s string) (*url.URL, error) {
 	if at := strings.LastIndex(authority, "@"); at >= 0 {
 		userinfo, hosts = authority[:at+1], authority[at+1:]
 	}
-	if !strings.Contains(hosts, ",") {
-		return nil, err
+	if !strings.Contains(hosts, ",") || (scheme != "postgres" && scheme != "postgresql") {
+		return nil, err // only libpq's URLs may list hosts
 	}
 	for _, h := range strings.Split(hosts, ",") {
 		if one, herr := url.Parse(scheme + "://" + h); h == "" || herr != nil || one.Host != h {
