@@ -139,10 +139,11 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	}
 	probes := health.New(time.Second, log,
 		health.Check{Name: "postgres", Probe: primary.PingContext, Detail: func() string {
-			if w := topology.Writer(); w != "" {
-				return "writes on " + w
+			w, seen := topology.Writer()
+			if w == "" {
+				return ""
 			}
-			return ""
+			return fmt.Sprintf("writes on %s, seen %v ago", w, time.Since(seen).Round(time.Millisecond))
 		}},
 		// Optional: payments are served correctly through Postgres alone
 		// while Redis is down, so an outage shows as "degraded" and the

@@ -364,7 +364,7 @@ func TestTopology_MeasuresRealServers(t *testing.T) {
 	if top.ReadPool() != replica {
 		t.Error("a replica with no lag did not get the read")
 	}
-	writer := top.Writer()
+	writer, _ := top.Writer()
 	if i := strings.LastIndex(writer, ":"); i < 0 || writer[i+1:] != "5432" {
 		t.Errorf("writer %q, want address:5432 (the server's own port)", writer)
 	}

@@ -41,8 +41,9 @@ type Topology struct {
 
 	freshAt atomic.Int64 // unix nanoseconds: the replica held every commit made before; 0: never
 
-	mu     sync.Mutex
-	writer string // "address:port" of the server taking writes, as last seen
+	mu         sync.Mutex
+	writer     string    // "address:port" of the server taking writes, as last seen
+	writerSeen time.Time // when
 
 	lagGauge   prometheus.Gauge
 	reads      *prometheus.CounterVec
@@ -105,12 +106,14 @@ func (t *Topology) replicaFresh() bool {
 	return at != 0 && t.now().Sub(time.Unix(0, at)) <= t.maxLag
 }
 
-// Writer returns the server that took the last probe's write-side query,
-// as address:port ("" before the first).
-func (t *Topology) Writer() string {
+// Writer returns the server that took the last successful probe's
+// write-side query, as address:port ("" before the first), and when that
+// probe ran: during a failover the last writer seen is the old one, and
+// its age says so.
+func (t *Topology) Writer() (server string, seen time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.writer
+	return t.writer, t.writerSeen
 }
 
 // Run measures every probe interval until ctx ends.
@@ -139,7 +142,7 @@ func (t *Topology) Probe(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	t.noteWriter(server)
+	t.noteWriter(server, at)
 	if t.replica == nil {
 		return
 	}
@@ -154,10 +157,10 @@ func (t *Topology) Probe(ctx context.Context) {
 	}
 }
 
-func (t *Topology) noteWriter(server string) {
+func (t *Topology) noteWriter(server string, at time.Time) {
 	t.mu.Lock()
 	previous := t.writer
-	t.writer = server
+	t.writer, t.writerSeen = server, at
 	t.mu.Unlock()
 	if server != previous {
 		t.writerInfo.Reset()

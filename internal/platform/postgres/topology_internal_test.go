@@ -148,8 +148,14 @@ func TestTopology_WithoutAReplicaEveryReadGoesToThePrimary(t *testing.T) {
 	if top.ReadPool() != primary {
 		t.Error("no replica, yet a read went elsewhere than the primary")
 	}
-	if got := top.Writer(); got != "10.0.0.1:5432" {
-		t.Errorf("writer %q, want the primary's address", got)
+	if got, seen := top.Writer(); got != "10.0.0.1:5432" || !seen.Equal(f.now) {
+		t.Errorf("writer %q seen at %v, want the primary's address seen at the probe, %v", got, seen, f.now)
+	}
+	// A probe that fails keeps the last writer, and its age grows.
+	f.set(func(f *fakeServers) { f.primaryErr = errors.New("connection refused"); f.now = f.now.Add(time.Minute) })
+	top.Probe(context.Background())
+	if got, seen := top.Writer(); got != "10.0.0.1:5432" || f.now.Sub(seen) != time.Minute {
+		t.Errorf("after a failed probe: writer %q seen %v before now; want the last one, a minute old", got, f.now.Sub(seen))
 	}
 }
 
