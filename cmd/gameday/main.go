@@ -73,7 +73,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	phases.Recovery = *duration - phases.Steady - phases.Fault
 	mode := "long"
 	if *short {
-		phases, mode = Phases{Steady: 2 * time.Second, Fault: 5 * time.Second, Recovery: 5 * time.Second}, "short"
+		phases, mode = Phases{Steady: 2 * time.Second, Fault: 5 * time.Second, Recovery: 6 * time.Second}, "short"
 	}
 	if phases.Recovery < 2*time.Second {
 		return fmt.Errorf("-duration %v is too short: each run needs at least 6s", *duration)
