@@ -479,6 +479,20 @@ func TestTopology_AStandbyCutOffFromItsPrimaryStopsReceivingReads(t *testing.T) 
 			t.Fatal(err)
 		}
 	}
+	// The reload stops the WAL receiver in its own time: write only once it
+	// is gone, or the write may still stream over and cut nothing.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var receivers int
+		if err := standby.QueryRow(`SELECT count(*) FROM pg_stat_wal_receiver`).Scan(&receivers); err != nil {
+			t.Fatal(err)
+		}
+		if receivers == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the standby's WAL receiver still runs 30s after primary_conninfo was cleared")
+		}
+	}
 	if _, err := primary.Exec(`CREATE TABLE after_the_cut (n int)`); err != nil {
 		t.Fatal(err)
 	}
