@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 // app is one instance of the server binary, run as a process of its own so
@@ -36,11 +37,11 @@ type app struct {
 // start runs the binary with env on fresh loopback ports and waits until
 // its readiness says ready.
 func (a *app) start(ctx context.Context, env map[string]string) error {
-	apiPort, err := freePort()
+	apiPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
-	adminPort, err := freePort()
+	adminPort, err := testenv.FreePort()
 	if err != nil {
 		return err
 	}
@@ -207,15 +208,6 @@ func (a *app) readiness(ctx context.Context) (readiness, error) {
 		}
 	}
 	return ready, nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func sortedKeys(m map[string]string) []string {

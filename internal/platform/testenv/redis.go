@@ -85,7 +85,7 @@ func NewRedis(t testing.TB) *Redis {
 // StartRedis is NewRedis for programs that are not tests (the game day):
 // the caller terminates the container.
 func StartRedis(ctx context.Context) (*Redis, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +147,10 @@ func startRedis(ctx context.Context, hostPort int) (*Redis, error) {
 	return &Redis{c: c, url: u}, nil
 }
 
-func freePort() (int, error) {
+// FreePort returns a loopback port nothing listens on now. Another
+// process may take it before the caller binds it; callers that can bind
+// ":0" themselves should.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
