@@ -12,6 +12,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
+	"github.com/resiliencekit/payservice/internal/platform/readinessgate"
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/server"
@@ -27,6 +28,7 @@ type Config struct {
 	HTTP           server.HTTPConfig
 	RequestTimeout time.Duration
 	Shutdown       server.ShutdownConfig
+	ReadinessGate  readinessgate.Config
 
 	Postgres    postgres.Config
 	Redis       redisclient.Config
@@ -88,6 +90,7 @@ func (c *Config) Bind(b *config.Binder) {
 	c.HTTP.Bind(b)
 	b.Duration("REQUEST_TIMEOUT", &c.RequestTimeout, "deadline of one API request, provider retries included")
 	c.Shutdown.Bind(b)
+	c.ReadinessGate.Bind(b)
 
 	b.LogLevel("LOG_LEVEL", &c.LogLevel, "debug, info, warn or error")
 	b.OneOf("LOG_FORMAT", &c.LogFormat, []string{"json", "text"}, "json or text")
@@ -117,6 +120,7 @@ func Load(getenv func(string) string, names ...string) (Config, []string, error)
 	c.AnonymousLimit.MaxKeys = c.ClientLimit.MaxKeys // one variable for both
 	errs := []error{err}
 	errs = append(errs, c.Postgres.Check()...)
+	errs = append(errs, c.ReadinessGate.Check()...)
 	errs = append(errs, c.check()...)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, warnings, err

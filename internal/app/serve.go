@@ -23,6 +23,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/health"
 	"github.com/resiliencekit/payservice/internal/platform/idempotency"
 	"github.com/resiliencekit/payservice/internal/platform/postgres"
+	"github.com/resiliencekit/payservice/internal/platform/readinessgate"
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/server"
@@ -40,6 +41,11 @@ const Description = "a payment API that shows resilience patterns in running cod
 // with. The .example domain is reserved (RFC 2606): point it at your API's
 // documentation when you adopt the template.
 const problemTypes = "https://payservice.example/problems/"
+
+// withdrawTimeout bounds withdrawing the readiness gate at SIGTERM: the
+// drain delay runs in the pod's grace period, and an API server that does
+// not answer must not eat it.
+const withdrawTimeout = time.Second
 
 // migrations are the schema's streams, in the order they apply: the key
 // records before the domain whose work they guard.
@@ -151,6 +157,16 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		// replica out of the load balancer at once.
 		health.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 	)
+	// Off (nil) unless configured: the pod is then Ready on its probes
+	// alone.
+	var gate *readinessgate.Gate
+	if cfg.ReadinessGate.Condition != "" {
+		api, err := readinessgate.InCluster(getenv)
+		if err != nil {
+			return fmt.Errorf("READINESS_GATE_CONDITION=%s: %w", cfg.ReadinessGate.Condition, err)
+		}
+		gate = readinessgate.New(cfg.ReadinessGate, api, Name, log)
+	}
 	handler := web.NewRouter(web.RouterConfig{
 		Auth:           web.NewAuthenticator(Name, cfg.APIKeys.Secrets()),
 		ClientLimit:    clientLimit,
@@ -178,6 +194,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	// Requests' contexts keep ctx's values but not its cancellation: the
 	// signal starts the shutdown, it does not abort work in flight.
 	base := context.WithoutCancel(ctx)
+	migrated := make(chan struct{}) // closed once the schema is current
 	return server.Run(ctx, server.Service{
 		Public: []server.Listener{{Name: "api", Server: server.NewHTTP(handler, cfg.HTTP, base, log), Listener: apiLn}},
 		Admin:  server.Listener{Name: "admin", Server: server.NewHTTP(server.NewAdminHandler(registry, probes.ReadyDetailed), cfg.HTTP, base, log), Listener: adminLn},
@@ -189,12 +206,30 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 				return err
 			}
 			probes.SetMigrated()
+			close(migrated)
 			log.Info("ready: schema is current")
 			// Settles payments left processing, while this replica leads.
 			reconciler.Run(ctx)
 			return nil
+		}, func(ctx context.Context) error {
+			// A task of its own: an API server refusing the gate (a Role
+			// not bound yet) holds up the gate, never the reconciler.
+			select {
+			case <-migrated:
+				_ = gate.Declare(ctx) // fails only as ctx ends; it logs why it has not set the gate
+			case <-ctx.Done():
+			}
+			return nil
 		}},
-		Draining: probes.SetShuttingDown,
+		Draining: func() {
+			probes.SetShuttingDown()
+			// ctx has ended: the withdrawal gets a deadline of its own.
+			wctx, cancel := context.WithTimeout(base, withdrawTimeout)
+			defer cancel()
+			if err := gate.Withdraw(wctx); err != nil {
+				log.Warn("readiness gate not withdrawn; the readiness probe takes the pod out instead", "err", err)
+			}
+		},
 		Finish: []func(context.Context) error{func(ctx context.Context) error {
 			// Provider calls already accepted finish (their contexts are
 			// not the signal's); nothing new is accepted.
