@@ -1,5 +1,5 @@
 // Package deploytest checks the deployment artifacts, not the service: the
-// kustomize base in ../k8s and ../docker-compose.yml. Its tests render and
+// kustomize base in ../k8s/base and ../docker-compose.yml. Its tests render and
 // load them offline, decode every object strictly into its Kubernetes API
 // type, assert the properties the manifests promise (selectors, probes,
 // shutdown timing against the app's own configuration, least privilege),

@@ -23,8 +23,8 @@ import (
 )
 
 const (
-	kustomizeDir      = "../k8s"
-	secretExampleFile = "../k8s/secret.example.yaml"
+	kustomizeDir      = "../k8s/base"
+	secretExampleFile = "../k8s/base/secret.example.yaml"
 )
 
 // manifests are the objects of the kustomize base, one of each kind, plus
