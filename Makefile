@@ -16,7 +16,7 @@ API_KEYS     ?= dev_client:dev_key_do_not_use_in_production
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## build bin/server and bin/fakeprovider
@@ -42,7 +42,8 @@ test: ## run every test (unit + integration, manifests and compose) with -race
 	$(GO) -C deploy_test test -count=1 $(TESTFLAGS) ./...
 
 # The service and the two side modules (deploy_test, bench), each vetted
-# and checked with the staticcheck pinned in the root go.mod.
+# and checked with the staticcheck pinned in the root go.mod; the tag
+# k8se2e takes the Kubernetes suite in too.
 MODULES := . deploy_test bench
 .PHONY: lint
 lint: ## gofmt check, go vet, staticcheck, in every module
@@ -50,7 +51,7 @@ lint: ## gofmt check, go vet, staticcheck, in every module
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	@staticcheck=$$($(GO) tool -n staticcheck) && for m in $(MODULES); do \
 		echo "vet + staticcheck: $$m"; \
-		(cd $$m && $(GO) vet ./... && $$staticcheck ./...) || exit 1; \
+		(cd $$m && GOFLAGS=-tags=k8se2e $(GO) vet ./... && GOFLAGS=-tags=k8se2e $$staticcheck ./...) || exit 1; \
 	done
 
 # Performance evidence: the resilience layer's overhead against failsafe-go
@@ -70,6 +71,20 @@ GAMEDAY_OUT ?= gameday-report
 .PHONY: gameday
 gameday: ## inject faults under load; report in GAMEDAY_OUT (DURATION=…, SHORT=1)
 	$(GO) run ./cmd/gameday $(if $(SHORT),-short,-duration $(DURATION)) -out '$(GAMEDAY_OUT)'
+
+# The Kubernetes end-to-end suite (deploy_test/k8se2e): deploys
+# k8s/overlays/e2e into the cluster KUBECONFIG names, with Postgres, Redis
+# and the fake provider inside it, and proves probes, the readiness gate, a
+# rolling update, pod deletions and a drain under load. It needs Docker and
+# K8S_E2E_IMAGE built (`make image`); K8S_E2E_LOAD copies images into the
+# nodes (CI: .ci/k8s/cluster.sh load). K8S_E2E_POSTGRES_IMAGE and
+# K8S_E2E_REDIS_IMAGE replace the dependencies' images.
+K8S_E2E_LOAD  ?= kind load docker-image
+K8S_E2E_IMAGE ?= payservice:dev
+.PHONY: k8s-e2e
+k8s-e2e: ## deploy into KUBECONFIG's cluster; prove rollouts, drains, probes, gates
+	K8S_E2E_LOAD='$(K8S_E2E_LOAD)' K8S_E2E_IMAGE='$(K8S_E2E_IMAGE)' \
+	$(GO) -C deploy_test test -tags k8se2e -count=1 -timeout 30m -v -run '^TestKubernetes$$' ./k8se2e
 
 # SMOKE_URL and SMOKE_API_KEY (environment or `make smoke SMOKE_URL=…`)
 # point it at another deployment; the defaults are docker-compose.yml's.
