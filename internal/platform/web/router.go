@@ -5,8 +5,9 @@
 // It knows nothing of any domain: a domain mounts its routes under /v1
 // (NewRouter's routes function) and gets, for each of them, a request id,
 // metrics and an access log, panic recovery, authentication, rate limits, a
-// readiness gate and a deadline. Handlers stay thin: they decode with
-// DecodeStrict, call their service, and answer with WriteJSON or a problem.
+// 503 until the schema is migrated, and a deadline. Handlers stay thin:
+// they decode with DecodeStrict, call their service, and answer with
+// WriteJSON or a problem.
 package web
 
 import (
@@ -67,8 +68,8 @@ func NewRouter(c RouterConfig, routes func(r chi.Router)) http.Handler {
 
 	r.Route("/v1", func(r chi.Router) {
 		// Identify, limit, then require: failed authentication is rate
-		// limited too. Nothing below, not even the readiness gate, is
-		// visible to an anonymous caller.
+		// limited too. Nothing below, not even the 503 of a replica still
+		// migrating, is visible to an anonymous caller.
 		r.Use(c.Auth.identify, rateLimit(c.ClientLimit, c.AnonymousLimit), c.Auth.require,
 			requireReady(c.Ready), deadline(c.RequestTimeout))
 		routes(r)
