@@ -334,8 +334,12 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	// delay-seconds is 1*DIGIT, which ParseUint accepts, and no more (no
-	// sign); on a number too large for a uint64 it reports ErrRange.
-	if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
+	// sign). On a number too large for a uint64 it reports ErrRange as soon
+	// as it overflows, before it has seen the rest: "99…9 seconds" too.
+	// Hence the digits are checked first.
+	if !allDigits(v) {
+		// Not delay-seconds: an HTTP-date, or nothing valid.
+	} else if secs, err := strconv.ParseUint(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
 		if secs > uint64(math.MaxInt64/time.Second) {
 			return math.MaxInt64
 		}
@@ -345,6 +349,15 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return at.Sub(now)
 	}
 	return 0
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // snippet shortens a response body for an error message.

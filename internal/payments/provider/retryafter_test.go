@@ -23,6 +23,10 @@ func TestParseRetryAfter(t *testing.T) {
 		// negative value that would pass any cap and mean "retry now".
 		{"10000000000", math.MaxInt64},
 		{"99999999999999999999999", math.MaxInt64}, // beyond even a uint64
+		// Found by FuzzParseRetryAfter: too long for a uint64 and then not
+		// a number at all. Invalid, so no wait, not the longest one.
+		{"18700000000000000000A", 0},
+		{"99999999999999999999 seconds", 0},
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0}, // in the past
 	}
