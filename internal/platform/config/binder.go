@@ -20,9 +20,11 @@ import (
 	"io"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 )
 
 // Binder collects variables. A service gets one from Load, Usage or
@@ -181,6 +183,10 @@ func Load(getenv func(string) string, bind func(*Binder), names ...string) (warn
 			shown := raw
 			if _, ok := v.val.(secret); ok {
 				shown = "(hidden)"
+			} else if strings.ContainsFunc(raw, unicode.IsControl) {
+				// Quoted, so a newline in the value cannot pass for
+				// the start of another problem: one per line.
+				shown = strconv.Quote(raw)
 			}
 			errs = append(errs, fmt.Errorf("%s=%s: %v; expected %s", from, shown, err, v.usage))
 		}

@@ -131,6 +131,18 @@ func TestLoad_ReportsEveryProblemOnItsOwnLine(t *testing.T) {
 	}
 }
 
+// Found by FuzzLoad: a value with a newline in it must not spill onto a
+// line of its own, where it would read as another problem.
+func TestLoad_QuotesAValueWithControlCharacters(t *testing.T) {
+	_, _, err := load(map[string]string{"DATABASE_URL": "postgres://db/app", "DEP_TIMEOUT": "0\n0"})
+	if err == nil {
+		t.Fatal("Load succeeded")
+	}
+	if lines := strings.Split(err.Error(), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], `DEP_TIMEOUT="0\n0": `) {
+		t.Fatalf("want one line naming DEP_TIMEOUT with its value quoted, got:\n%s", err)
+	}
+}
+
 func TestLoad_AReplacedNameStillWorksAndIsReportedAsDeprecated(t *testing.T) {
 	got, warnings, err := load(with(map[string]string{"OLD_TIMEOUT": "3s"}))
 	if err != nil || got.Timeout != 3*time.Second {
