@@ -60,6 +60,27 @@ lint: ## gofmt check, go vet, staticcheck, in every module
 bench: ## benchmark the protections against failsafe-go
 	$(GO) -C bench test -run '^$$' -bench . -benchmem -count 1
 
+# Native Go fuzzing: each target, as package:target, for FUZZTIME, one after
+# another; the first failure stops the run and leaves its input in the
+# package's testdata/fuzz, where `make test` replays it with the checked-in
+# corpus.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := \
+	./internal/platform/web:FuzzDecodeStrict_CanonicalFormIsTheOneFingerprintsWereMadeOf \
+	./internal/platform/idempotency:FuzzFingerprint_IsSharedOnlyByBodiesThatMeanTheSameRequest \
+	./internal/platform/idempotency:FuzzValidKey_AcceptsExactly1To255PrintableASCIIWithoutSpaces \
+	./internal/payments/paymentsapi:FuzzCreatePayment_AcceptsOnlyRequestsWithinTheRulesAndRefusesTheRestAs4xx \
+	./internal/payments/paymentsapi:FuzzRefund_AcceptsOnlyRequestsWithinTheRulesAndRefusesTheRestAs4xx \
+	./internal/payments/paymentsapi:FuzzListPayments_TheCursorReachesTheStoreAsSent \
+	./internal/payments/provider:FuzzParseRetryAfter_IsNeverNegativeAndSaturatesAtTheLongestWait \
+	./internal/platform/config:FuzzLoad_TakesValuesWithinTheirBoundsOrNamesTheVariable
+.PHONY: fuzz
+fuzz: ## fuzz every target for FUZZTIME each (default 30s)
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} ($${t%%:*}) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
+	done
+
 # The game day: Postgres (primary + synchronous standby) and Redis in
 # containers (TEST_POSTGRES_IMAGE / TEST_REDIS_IMAGE, Docker needed), the
 # fake provider, toxiproxy in front of each, two server processes, load,
