@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,6 +35,7 @@ type overlay struct {
 	secrets     map[string]*corev1.Secret
 	roles       map[string]*rbacv1.Role
 	bindings    map[string]*rbacv1.RoleBinding
+	hpa         *autoscalingv2.HorizontalPodAutoscaler // nil if none
 }
 
 // renderOverlay renders dir with kustomize and decodes every object. A
@@ -72,6 +74,9 @@ func renderOverlay(t *testing.T, dir string) *overlay {
 			obj = put(o.roles, r.GetName(), new(rbacv1.Role))
 		case "RoleBinding":
 			obj = put(o.bindings, r.GetName(), new(rbacv1.RoleBinding))
+		case "HorizontalPodAutoscaler":
+			o.hpa = new(autoscalingv2.HorizontalPodAutoscaler)
+			obj = o.hpa
 		default:
 			// Decoded by the base's tests when the base has them; here
 			// only their metadata matters.
@@ -225,5 +230,44 @@ func TestE2EOverlay_NeverPullsAnImage(t *testing.T) {
 				t.Errorf("%s/%s: imagePullPolicy %q, want IfNotPresent or Never", name, c.Name, p)
 			}
 		}
+	}
+}
+
+// The dev overlay runs one replica with its dependencies in the cluster.
+func TestDevOverlay_RunsOneReplicaBesideItsDependencies(t *testing.T) {
+	o := renderOverlay(t, filepath.Join(overlaysDir, "dev"))
+	var names []string
+	for name := range o.deployments {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	if want := []string{"fakeprovider", "payservice", "postgres", "redis"}; !slices.Equal(names, want) {
+		t.Errorf("Deployments %v, want %v", names, want)
+	}
+	if o.hpa != nil {
+		t.Errorf("the dev overlay keeps the HPA (min %d): it should run one replica", *o.hpa.Spec.MinReplicas)
+	}
+	if r := o.deployments["payservice"].Spec.Replicas; r != nil && *r != 1 {
+		t.Errorf("payservice replicas %d, want 1", *r)
+	}
+}
+
+// The production example sets what only an operator knows, carries no
+// credentials, and keeps no placeholder the base would fail on.
+func TestProductionExample_SetsTheProviderAndCarriesNoCredentials(t *testing.T) {
+	o := renderOverlay(t, filepath.Join(overlaysDir, "production-example"))
+	if len(o.secrets) != 0 {
+		t.Errorf("the production example renders a Secret: credentials never live in git")
+	}
+	if len(o.deployments) != 1 {
+		t.Errorf("%d Deployments: the production example runs payservice alone, its dependencies are managed services", len(o.deployments))
+	}
+	u, err := url.Parse(o.configMaps["payservice-config"].Data["PROVIDER_URL"])
+	if err != nil || u.Scheme != "https" || strings.HasSuffix(u.Hostname(), ".invalid") {
+		t.Errorf("PROVIDER_URL %v: want the provider's https URL, not the base's placeholder", u)
+	}
+	img := o.deployments["payservice"].Spec.Template.Spec.Containers[0].Image
+	if !strings.Contains(img, "@sha256:") {
+		t.Errorf("image %s: pin a digest", img)
 	}
 }

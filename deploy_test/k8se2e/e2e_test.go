@@ -49,11 +49,11 @@ const (
 	namespace   = "payservice-e2e" // k8s/overlays/e2e
 	overlay     = "../../k8s/overlays/e2e"
 	appSelector = "app.kubernetes.io/name=payservice"
-	gate        = "payservice.dev/migrated" // k8s/components/readiness-gate
-	fieldOwner  = "payservice"              // the app's fieldManager when it patches its gate
-	apiKey      = "e2e_secret_not_for_production"
-	replicas    = 3  // the overlay's HPA pins them
-	rate        = 50 // payments a second while a disruption happens
+	gate        = "payservice.dev/migrated"          // k8s/components/readiness-gate
+	fieldOwner  = "payservice"                       // the app's fieldManager when it patches its gate
+	apiKey      = "dev_key_do_not_use_in_production" // k8s/components/in-cluster-dependencies
+	replicas    = 3                                  // the overlay's HPA pins them
+	rate        = 50                                 // payments a second while a disruption happens
 	// Image tags the suite gives K8S_E2E_IMAGE: a rolling update goes from
 	// the first to the second.
 	tagBefore, tagAfter = "e2e-1", "e2e-2"
