@@ -490,8 +490,11 @@ func (s *suite) postgresDown(t *testing.T) {
 		t.Errorf("%s is Ready but never logged that its schema is current", fresh)
 	}
 	for _, p := range pods {
-		if restarts([]corev1.Pod{p})[p.Name] != 0 {
-			t.Errorf("%s has restarted %d times", p.Name, restarts([]corev1.Pod{p})[p.Name])
+		if n := restarts([]corev1.Pod{p})[p.Name]; n != 0 {
+			// Why the container before this one ended: the evidence a
+			// restart leaves, gone once the namespace is.
+			previous, _ := s.k.run("logs", p.Name, "--previous", "--tail=40")
+			t.Errorf("%s has restarted %d times; its previous container's last lines:\n%s", p.Name, n, previous)
 		}
 	}
 }
