@@ -1,8 +1,13 @@
-# payservice's container image: the API server (/server, the entrypoint) and
-# the fake payment provider (/fakeprovider, for compose and game days), both
-# static binaries on a distroless base with no shell and no package manager.
+# payservice's container images, static binaries on a distroless base with
+# no shell and no package manager:
 #
-#   docker build -t payservice:dev .          (or: make image)
+#   docker build -t payservice:dev .                       the API server
+#   docker build --target fakeprovider \
+#       -t payservice-fakeprovider:dev .                   the fake provider
+#
+# (or: make image, which builds both). The server's image, the one that goes
+# to production, holds /server alone: a fake that answers "charged" to
+# anything has no business next to it.
 #
 # No `# syntax=` line on purpose: BuildKit's built-in frontend supports
 # everything used here, and naming one makes every build pull it from a
@@ -37,15 +42,27 @@ ARG VERSION=dev
 # -trimpath: no build machine paths in the binary (reproducible, no leaks).
 # -s -w: no symbol table or DWARF (about 30% smaller; panics still print
 #   stack traces).
-# -o /: both binaries land at /server and /fakeprovider.
+# -o /: the binaries land at /server and /fakeprovider; each image below
+#   copies its own.
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" \
     -o / ./cmd/server ./cmd/fakeprovider
 
-FROM ${RUNTIME_IMAGE}
-# Owned by root: the user below can run the binaries but not replace them.
-COPY --from=build /server /fakeprovider /
+# For compose, the Kubernetes dev and e2e overlays, and game days against a
+# deployment: never deploy it where real payments flow.
+FROM ${RUNTIME_IMAGE} AS fakeprovider
+COPY --from=build /fakeprovider /
+USER 65532:65532
+EXPOSE 8081
+HEALTHCHECK --interval=5s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/fakeprovider", "healthcheck"]
+ENTRYPOINT ["/fakeprovider"]
+
+# The server, last so that a plain `docker build .` builds it.
+FROM ${RUNTIME_IMAGE} AS server
+# Owned by root: the user below can run the binary but not replace it.
+COPY --from=build /server /
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading
 # /etc/passwd; 65532 is distroless' `nonroot`.
 USER 65532:65532

@@ -97,14 +97,17 @@ gameday: ## inject faults under load; report in GAMEDAY_OUT (DURATION=…, SHORT
 # k8s/overlays/e2e into the cluster KUBECONFIG names, with Postgres, Redis
 # and the fake provider inside it, and proves probes, the readiness gate, a
 # rolling update, pod deletions and a drain under load. It needs Docker and
-# K8S_E2E_IMAGE built (`make image`); K8S_E2E_LOAD copies images into the
-# nodes (CI: .ci/k8s/cluster.sh load). K8S_E2E_POSTGRES_IMAGE and
-# K8S_E2E_REDIS_IMAGE replace the dependencies' images.
-K8S_E2E_LOAD  ?= kind load docker-image
-K8S_E2E_IMAGE ?= payservice:dev
+# K8S_E2E_IMAGE and K8S_E2E_FAKEPROVIDER_IMAGE built (`make image`);
+# K8S_E2E_LOAD copies images into the nodes (CI: .ci/k8s/cluster.sh load).
+# K8S_E2E_POSTGRES_IMAGE and K8S_E2E_REDIS_IMAGE replace the dependencies'
+# images.
+K8S_E2E_LOAD               ?= kind load docker-image
+K8S_E2E_IMAGE              ?= payservice:dev
+K8S_E2E_FAKEPROVIDER_IMAGE ?= payservice-fakeprovider:dev
 .PHONY: k8s-e2e
 k8s-e2e: ## deploy into KUBECONFIG's cluster; prove rollouts, drains, probes, gates
 	K8S_E2E_LOAD='$(K8S_E2E_LOAD)' K8S_E2E_IMAGE='$(K8S_E2E_IMAGE)' \
+	K8S_E2E_FAKEPROVIDER_IMAGE='$(K8S_E2E_FAKEPROVIDER_IMAGE)' \
 	$(GO) -C deploy_test test -tags k8se2e -count=1 -timeout 30m -v -run '^TestKubernetes$$' ./k8se2e
 
 # SMOKE_URL and SMOKE_API_KEY (environment or `make smoke SMOKE_URL=…`)
@@ -116,7 +119,10 @@ smoke: ## check a running stack (docker compose up) end to end
 # GO_IMAGE and RUNTIME_IMAGE (environment or `make image GO_IMAGE=…`) replace
 # the base images, e.g. with a mirror's; unset, the Dockerfile's defaults
 # apply (docker takes a bare --build-arg NAME from the environment, if set).
+# The second build reuses the first's build stage.
 .PHONY: image
-image: ## build the container image payservice:dev
+image: ## build the images payservice:dev and payservice-fakeprovider:dev
 	docker build --build-arg GO_IMAGE --build-arg RUNTIME_IMAGE \
 		--build-arg VERSION='$(VERSION)' -t payservice:dev .
+	docker build --build-arg GO_IMAGE --build-arg RUNTIME_IMAGE \
+		--build-arg VERSION='$(VERSION)' --target fakeprovider -t payservice-fakeprovider:dev .

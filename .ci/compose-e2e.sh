@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The container delivery, end to end, after `make test` and `make lint`:
-# build the image on its own (and hold it to its size budget), bring the
+# build the server's image on its own (and hold it to its size budget and
+# its contents: the server, no fake provider), bring the
 # whole stack up with the README's command, run `make smoke` against it, and
 # tear it down again, also when something fails.
 #
@@ -116,6 +117,14 @@ size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 [ "$size" -le "$MAX_IMAGE_BYTES" ] ||
 	die "$IMAGE is $size bytes, over the budget of $MAX_IMAGE_BYTES: what got into it?"
 echo "size $size bytes, within the budget of $MAX_IMAGE_BYTES"
+# The image that goes to production holds the server and nothing that could
+# fake a provider (the Dockerfile's fakeprovider target builds that one).
+container=$(docker create "$IMAGE")
+files=$(docker export "$container" | tar -t)
+docker rm "$container" >/dev/null
+grep -qx server <<<"$files" || die "$IMAGE has no /server"
+! grep -q fakeprovider <<<"$files" || die "$IMAGE ships the fake provider: $(grep fakeprovider <<<"$files")"
+echo "$IMAGE holds /server and no fake provider"
 
 step "docker compose up --build (the README's command, detached, waiting for health)"
 # Leftovers of a run killed before its trap ran would clash with this one.

@@ -271,3 +271,22 @@ func TestProductionExample_SetsTheProviderAndCarriesNoCredentials(t *testing.T) 
 		t.Errorf("image %s: pin a digest", img)
 	}
 }
+
+// The overlays with in-cluster dependencies run the fake provider from its
+// own image: the server's image, the one production runs, does not hold it.
+func TestLocalOverlays_RunEachBinaryFromItsOwnImage(t *testing.T) {
+	for _, overlay := range []string{"dev", "e2e"} {
+		t.Run(overlay, func(t *testing.T) {
+			o := renderOverlay(t, filepath.Join(overlaysDir, overlay))
+			for deployment, want := range map[string]string{"payservice": "payservice:dev", "fakeprovider": "payservice-fakeprovider:dev"} {
+				d, ok := o.deployments[deployment]
+				if !ok {
+					t.Fatalf("no Deployment %s", deployment)
+				}
+				if got := d.Spec.Template.Spec.Containers[0].Image; got != want {
+					t.Errorf("%s runs %s, want %s (what make image builds)", deployment, got, want)
+				}
+			}
+		})
+	}
+}

@@ -4,7 +4,8 @@
 # suite, and always take the cluster down and restore the machine, whether
 # the suite passed, failed or was interrupted.
 #
-# Needs the app image (payservice:dev, built by compose-e2e.sh) and the
+# Needs the images of the app and the fake provider (payservice:dev and
+# payservice-fakeprovider:dev, built by compose-e2e.sh) and the
 # Postgres and Redis images .ci/run chose (POSTGRES_IMAGE, REDIS_IMAGE) in
 # the local Docker engine.
 set -euo pipefail
@@ -17,5 +18,5 @@ cd "$(dirname "$0")/../.." # the repository root
 trap '.ci/k8s/cluster.sh down' EXIT
 .ci/k8s/cluster.sh up
 make k8s-e2e KUBECTL="$K8S_BIN/kubectl" K8S_E2E_LOAD="$PWD/.ci/k8s/cluster.sh load" \
-	K8S_E2E_IMAGE=payservice:dev \
+	K8S_E2E_IMAGE=payservice:dev K8S_E2E_FAKEPROVIDER_IMAGE=payservice-fakeprovider:dev \
 	K8S_E2E_POSTGRES_IMAGE="${POSTGRES_IMAGE:?set by .ci/run}" K8S_E2E_REDIS_IMAGE="${REDIS_IMAGE:?set by .ci/run}"

@@ -91,6 +91,7 @@ func deploy(t *testing.T) *suite {
 	load := strings.Fields(environment(t, "K8S_E2E_LOAD",
 		"the command that copies local Docker images into the cluster's nodes, e.g. 'kind load docker-image'"))
 	image := envOr("K8S_E2E_IMAGE", "payservice:dev")
+	provider := envOr("K8S_E2E_FAKEPROVIDER_IMAGE", "payservice-fakeprovider:dev")
 	postgres := envOr("K8S_E2E_POSTGRES_IMAGE", "postgres:17-alpine")
 	redis := envOr("K8S_E2E_REDIS_IMAGE", "redis:7-alpine")
 	k := &kube{kubectl: envOr("KUBECTL", "kubectl"), ns: namespace}
@@ -99,7 +100,7 @@ func deploy(t *testing.T) *suite {
 	docker(t, "tag", image, "payservice:"+tagBefore)
 	docker(t, "tag", image, "payservice:"+tagAfter)
 	buildLoadgen(t)
-	loadCmd := exec.Command(load[0], append(load[1:], "payservice:"+tagBefore, "payservice:"+tagAfter, loadgenImage, postgres, redis)...)
+	loadCmd := exec.Command(load[0], append(load[1:], "payservice:"+tagBefore, "payservice:"+tagAfter, provider, loadgenImage, postgres, redis)...)
 	if out, err := loadCmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(loadCmd.Args, " "), err, out)
 	}
@@ -111,7 +112,7 @@ func deploy(t *testing.T) *suite {
 	}
 	t.Cleanup(func() { cleanUp(t, k) })
 
-	dir := kustomization(t, map[string]string{"payservice": "payservice:" + tagBefore, "postgres": postgres, "redis": redis})
+	dir := kustomization(t, map[string]string{"payservice": "payservice:" + tagBefore, "payservice-fakeprovider": provider, "postgres": postgres, "redis": redis})
 	start = time.Now()
 	k.must(t, "apply", "-k", dir)
 	k.must(t, "rollout", "status", "deployment/postgres", "deployment/redis", "deployment/fakeprovider", "deployment/payservice", "--timeout=5m")
@@ -395,7 +396,7 @@ func (s *suite) gateWithoutRBAC(t *testing.T) {
 func (s *suite) images(t *testing.T) map[string]string {
 	t.Helper()
 	m := map[string]string{}
-	for name, deployment := range map[string]string{"payservice": "payservice", "postgres": "postgres", "redis": "redis"} {
+	for name, deployment := range map[string]string{"payservice": "payservice", "payservice-fakeprovider": "fakeprovider", "postgres": "postgres", "redis": "redis"} {
 		out := s.k.must(t, "get", "deployment", deployment, "-o", "jsonpath={.spec.template.spec.containers[0].image}")
 		m[name] = out
 	}
