@@ -42,6 +42,13 @@ type HTTPConfig struct {
 	IdleTimeout       time.Duration
 }
 
+// MaxHeaderBytes bounds a request's line and headers: ample for any API
+// client, where net/http's 1 MiB default invites abuse. net/http answers a
+// request over it (plus its own 4 KiB of slack) with a plain-text 431, and
+// a malformed request line with a plain-text 400, before any handler runs:
+// there is no request yet to give an id or a problem+json body to.
+const MaxHeaderBytes = 64 << 10
+
 // NewHTTP returns an http.Server for h. Requests' contexts derive from
 // base, which must not be cancelled by a shutdown signal: in-flight requests
 // are finished by http.Server.Shutdown, not cut off.
@@ -52,7 +59,7 @@ func NewHTTP(h http.Handler, cfg HTTPConfig, base context.Context, log *slog.Log
 		ReadTimeout:       cfg.ReadTimeout,
 		WriteTimeout:      cfg.WriteTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
-		MaxHeaderBytes:    64 << 10, // ample for our headers; the 1 MiB default invites abuse
+		MaxHeaderBytes:    MaxHeaderBytes,
 		BaseContext:       func(_ net.Listener) context.Context { return base },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
