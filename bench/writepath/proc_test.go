@@ -3,7 +3,6 @@ package writepath
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -165,7 +164,7 @@ func start(ctx context.Context, name, bin string, env []string, logPath, readyUR
 		select {
 		case err := <-p.exited:
 			log.Close()
-			return nil, fmt.Errorf("%s exited before ready (%v); its log ends:\n%s", name, err, logTail(logPath))
+			return nil, fmt.Errorf("%s exited before ready (%w); its log ends:\n%s", name, err, logTail(logPath))
 		case <-deadline:
 			_ = p.stop()
 			return nil, fmt.Errorf("%s not ready after 60s; its log ends:\n%s", name, logTail(logPath))
@@ -187,8 +186,7 @@ func (p *process) stop() error {
 		case p.stopErr = <-p.exited:
 		case <-time.After(30 * time.Second):
 			_ = p.cmd.Process.Kill()
-			<-p.exited
-			p.stopErr = errors.New("no exit 30s after SIGTERM; killed")
+			p.stopErr = fmt.Errorf("no exit 30s after SIGTERM; killed: %w", <-p.exited)
 		}
 	})
 	return p.stopErr

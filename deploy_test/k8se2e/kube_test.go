@@ -154,7 +154,7 @@ func (k *kube) portForward(t *testing.T, target string, port int) string {
 				}
 			}
 		}
-		cmd.Wait() // ends when cancel kills it
+		_ = cmd.Wait() // ends when cancel kills it
 	}()
 	select {
 	case a := <-addr:

@@ -174,7 +174,7 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 		}
 		for i, c := range stale {
 			if ctx.Err() != nil {
-				return settled, nil // stopping: every lookup would fail at once
+				return settled, nil //nolint:nilerr // stopping: every lookup would fail at once
 			}
 			// While the provider's breaker is open (or its bulkhead full),
 			// every lookup would be refused: leave the rest to a later scan

@@ -115,8 +115,8 @@ func TestReconciler_FailsAPaymentWithoutChargeOnlyAfterTheGracePeriod(t *testing
 		t.Fatalf("retry = %d replayed=%v, %v; want the stored 402", retry.Response.Status, retry.Replayed, err)
 	}
 	var body struct{ Type string }
-	if json.Unmarshal(retry.Response.Body, &body); body.Type == "" {
-		t.Errorf("402 body %s", retry.Response.Body)
+	if err := json.Unmarshal(retry.Response.Body, &body); err != nil || body.Type == "" {
+		t.Errorf("402 body %s (%v)", retry.Response.Body, err)
 	}
 }
 

@@ -201,7 +201,7 @@ func runMode(ctx context.Context, o options, mode string, rate float64, admin *s
 		return result{}, err
 	}
 	providerSrv := &http.Server{Handler: slow}
-	go providerSrv.Serve(providerLn) // ends at Shutdown below
+	go func() { _ = providerSrv.Serve(providerLn) }() // ends at Shutdown below
 	defer func() {
 		slow.Close()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -215,7 +215,7 @@ func runMode(ctx context.Context, o options, mode string, rate float64, admin *s
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+dbName); err != nil {
 		return result{}, fmt.Errorf("create database: %w", err)
 	}
-	defer admin.Exec("DROP DATABASE " + dbName + " WITH (FORCE)")
+	defer func() { _, _ = admin.Exec("DROP DATABASE " + dbName + " WITH (FORCE)") }()
 	dbURL, err := url.Parse(adminURL)
 	if err != nil {
 		return result{}, fmt.Errorf("DATABASE_URL: %w", err)
@@ -315,12 +315,12 @@ func startServer(ctx context.Context, bin string, env []string, logPath, readyUR
 		select {
 		case err := <-s.exited:
 			log.Close()
-			return nil, fmt.Errorf("server exited before ready (%v); its log ends:\n%s", err, logTail(logPath))
+			return nil, fmt.Errorf("server exited before ready (%w); its log ends:\n%s", err, logTail(logPath))
 		case <-deadline:
-			s.stop()
+			_ = s.stop()
 			return nil, fmt.Errorf("server not ready after 60s; its log ends:\n%s", logTail(logPath))
 		case <-ctx.Done():
-			s.stop()
+			_ = s.stop()
 			return nil, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -331,14 +331,13 @@ func startServer(ctx context.Context, bin string, env []string, logPath, readyUR
 // after 30s it kills the server.
 func (s *server) stop() error {
 	defer s.log.Close()
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-s.exited:
 		return err
 	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.exited
-		return errors.New("no exit 30s after SIGTERM; killed")
+		_ = s.cmd.Process.Kill()
+		return fmt.Errorf("no exit 30s after SIGTERM; killed: %w", <-s.exited)
 	}
 }
 
@@ -374,7 +373,7 @@ func offerLoad(ctx context.Context, target, apiKey string, rate float64, d time.
 		wg.Go(func() {
 			status := 0 // no HTTP answer
 			if resp, err := client.Do(req); err == nil {
-				io.Copy(io.Discard, resp.Body)
+				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				status = resp.StatusCode
 			}

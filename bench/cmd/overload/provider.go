@@ -90,7 +90,7 @@ func (p *slowProvider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func relay(w http.ResponseWriter, rec *httptest.ResponseRecorder) {
 	maps.Copy(w.Header(), rec.Header())
 	w.WriteHeader(rec.Code)
-	w.Write(rec.Body.Bytes())
+	_, _ = w.Write(rec.Body.Bytes())
 }
 
 // work is one worker: it takes calls from the line until Close.

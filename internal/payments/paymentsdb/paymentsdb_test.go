@@ -52,6 +52,9 @@ func tables(t *testing.T, pool *sql.DB) []string {
 		}
 		names = append(names, n)
 	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
 	return names
 }
 

@@ -137,7 +137,7 @@ func TestCharge_ClassifiesFailures(t *testing.T) {
 			setup: func(t *testing.T) (string, time.Duration) {
 				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					w.WriteHeader(http.StatusCreated)
-					w.Write([]byte("<html>"))
+					_, _ = w.Write([]byte("<html>"))
 				}))
 				t.Cleanup(srv.Close)
 				return srv.URL, time.Second
@@ -158,7 +158,7 @@ func TestCharge_ClassifiesFailures(t *testing.T) {
 				t.Fatalf("err = %v, want %v", err, tt.want)
 			}
 			other := provider.ErrNotSent
-			if tt.want == provider.ErrNotSent {
+			if errors.Is(tt.want, provider.ErrNotSent) {
 				other = provider.ErrOutcomeUnknown
 			}
 			if errors.Is(err, other) {
@@ -184,7 +184,7 @@ func TestCharge_SendsThePaymentIDAsIdempotencyKey(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got.Store(r.Header.Get("Idempotency-Key"))
 		w.WriteHeader(http.StatusCreated)
-		w.Write([]byte(`{"id":"ch_1","status":"succeeded","amount":1,"currency":"usd","reference":"pay_7"}`))
+		_, _ = w.Write([]byte(`{"id":"ch_1","status":"succeeded","amount":1,"currency":"usd","reference":"pay_7"}`))
 	}))
 	t.Cleanup(srv.Close)
 	if _, err := newClient(t, srv.URL, time.Second).Charge(context.Background(), charge("pay_7", 1)); err != nil {
@@ -235,7 +235,7 @@ func TestClient_SendsTheAttemptDeadlineAsExpiry(t *testing.T) {
 		}
 		expiries <- body.ExpiresAt
 		w.WriteHeader(http.StatusCreated)
-		w.Write([]byte(`{"id":"x_1","status":"succeeded"}`))
+		_, _ = w.Write([]byte(`{"id":"x_1","status":"succeeded"}`))
 	}))
 	t.Cleanup(srv.Close)
 	const attempt = 2 * time.Second
@@ -265,7 +265,7 @@ func TestClient_AnExpiredRequestIsNotSent(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusConflict)
-		w.Write([]byte(`{"error":"request_expired","message":"too late"}`))
+		_, _ = w.Write([]byte(`{"error":"request_expired","message":"too late"}`))
 	}))
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL, time.Second)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 )

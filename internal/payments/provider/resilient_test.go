@@ -265,11 +265,13 @@ func TestResilient_FullBulkheadFailsFastAsNotSent(t *testing.T) {
 	r, bulkhead := newResilient(t, url, s)
 	release := make(chan struct{})
 	occupied := make(chan struct{})
-	go bulkhead.Submit(context.Background(), func(context.Context) error {
-		close(occupied)
-		<-release
-		return nil
-	})
+	go func() {
+		_ = bulkhead.Submit(context.Background(), func(context.Context) error {
+			close(occupied)
+			<-release
+			return nil
+		})
+	}()
 	<-occupied
 	defer close(release)
 

@@ -311,7 +311,7 @@ func (g *Gate) send(ctx context.Context, c condition) error {
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		io.Copy(io.Discard, resp.Body) // the pod, unread: the connection is reused
+		_, _ = io.Copy(io.Discard, resp.Body) // the pod, unread: the connection is reused
 		return nil
 	case resp.StatusCode == http.StatusForbidden:
 		return fmt.Errorf("%w in %s: bind it a Role granting patch on pods/status (k8s/components/readiness-gate)", ErrForbidden, ns)

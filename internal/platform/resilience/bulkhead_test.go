@@ -213,7 +213,7 @@ func TestBulkhead_PanicInWorkReachesTheCallerAndFreesTheSlot(t *testing.T) {
 	}()
 	// The panic is fn's own, not wrapped, and it unwound through Submit on
 	// this goroutine: the stack holds the work, Submit and this test.
-	if recovered != boom {
+	if recovered != boom { //nolint:errorlint // the very value, unwrapped, is the property
 		t.Fatalf("Submit's caller recovered %v, want the work's panic itself", recovered)
 	}
 	for _, frame := range []string{"(*Bulkhead).Submit", t.Name() + ".func"} {

@@ -173,7 +173,8 @@ func (p *Pair) WaitReplayed(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("the standby did not replay up to %s within a minute (%v)", lsn, cmp.Or(err, ctx.Err()))
+			why := cmp.Or(err, ctx.Err(), errors.New("still behind"))
+			return fmt.Errorf("the standby did not replay up to %s within a minute: %w", lsn, why)
 		}
 	}
 }
@@ -219,8 +220,11 @@ func (p *Pair) Promote(ctx context.Context) error {
 	}
 	defer standby.Close()
 	var promoted bool
-	if err := standby.QueryRowContext(ctx, `SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil || !promoted {
-		return fmt.Errorf("promote the standby: %v (promoted %v)", err, promoted)
+	if err := standby.QueryRowContext(ctx, `SELECT pg_promote(true, 60)`).Scan(&promoted); err != nil {
+		return fmt.Errorf("promote the standby: %w", err)
+	}
+	if !promoted {
+		return errors.New("promote the standby: pg_promote returned false")
 	}
 	return nil
 }

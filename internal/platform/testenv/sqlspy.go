@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -224,7 +225,7 @@ func drain(rows driver.Rows) (*bufferedRows, error) {
 	for {
 		dest := make([]driver.Value, len(b.columns))
 		err := rows.Next(dest)
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return b, nil
 		}
 		if err != nil {
