@@ -16,7 +16,7 @@ API_KEYS     ?= dev_client:dev_key_do_not_use_in_production
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## build bin/server and bin/fakeprovider
@@ -42,17 +42,41 @@ test: ## run every test (unit + integration, manifests and compose) with -race
 	$(GO) -C deploy_test test -count=1 $(TESTFLAGS) ./...
 
 # The service and the two side modules (deploy_test, bench), each vetted
-# and checked with the staticcheck pinned in the root go.mod; the tag
-# k8se2e takes the Kubernetes suite in too.
+# and checked by golangci-lint with .golangci.yml (staticcheck and a few
+# bug-class linters; see there). The tag k8se2e takes the Kubernetes suite
+# in too. actionlint checks the GitHub workflow as GitHub reads it.
+# golangci-lint and actionlint run at the versions pinned here, built by
+# `go run` outside every module: as `tool`s of go.mod their modules would
+# join the service's module graph, raise the versions the service builds
+# with, and clash (actionlint needs a yaml/v4 release candidate whose API
+# the v4.0.0 that kin-openapi requires changed).
 MODULES := . deploy_test bench
+GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
+ACTIONLINT    := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 .PHONY: lint
-lint: ## gofmt check, go vet, staticcheck, in every module
+lint: ## gofmt check, go vet, golangci-lint in every module, actionlint
+	$(GO) run $(ACTIONLINT) .github/workflows/ci.yml
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
-	@staticcheck=$$($(GO) tool -n staticcheck) && for m in $(MODULES); do \
-		echo "vet + staticcheck: $$m"; \
-		(cd $$m && GOFLAGS=-tags=k8se2e $(GO) vet ./... && GOFLAGS=-tags=k8se2e $$staticcheck ./...) || exit 1; \
+	@for m in $(MODULES); do \
+		echo "vet + golangci-lint: $$m"; \
+		(cd $$m && GOFLAGS=-tags=k8se2e $(GO) vet ./... && \
+			$(GO) run $(GOLANGCI_LINT) run --config '$(CURDIR)/.golangci.yml' ./...) || exit 1; \
 	done
+
+# Known vulnerabilities the service's code reaches (govulncheck), from the
+# Go vulnerability database GOVULNDB (vuln.go.dev, or a copy of it as
+# .ci/offline/vulndb.sh makes where that cannot be reached). Fails on any;
+# VULN_STDLIB=warn only reports those of the standard library, which the
+# toolchain fixes, not go.mod: for a machine whose Go cannot move.
+GOVULNCHECK := golang.org/x/vuln/cmd/govulncheck@v1.9.0
+GOVULNDB    ?= https://vuln.go.dev
+VULN_STDLIB ?= fail
+.PHONY: vuln
+vuln: ## govulncheck the service against GOVULNDB
+	@findings=$$(mktemp) && trap 'rm -f "$$findings"' EXIT && \
+	$(GO) run $(GOVULNCHECK) -db '$(GOVULNDB)' -format json ./... >"$$findings" && \
+	$(GO) run ./internal/tools/vulnreport -stdlib $(VULN_STDLIB) <"$$findings"
 
 # Performance evidence: the resilience layer's overhead against failsafe-go
 # (same run, side by side). The overload table: see bench/cmd/overload.
@@ -98,7 +122,8 @@ gameday: ## inject faults under load; report in GAMEDAY_OUT (DURATION=…, SHORT
 # and the fake provider inside it, and proves probes, the readiness gate, a
 # rolling update, pod deletions and a drain under load. It needs Docker and
 # K8S_E2E_IMAGE and K8S_E2E_FAKEPROVIDER_IMAGE built (`make image`);
-# K8S_E2E_LOAD copies images into the nodes (CI: .ci/k8s/cluster.sh load).
+# K8S_E2E_LOAD copies images into the nodes (CI: .ci/offline/k8s/cluster.sh
+# load).
 # K8S_E2E_POSTGRES_IMAGE and K8S_E2E_REDIS_IMAGE replace the dependencies'
 # images.
 K8S_E2E_LOAD               ?= kind load docker-image
@@ -115,6 +140,15 @@ k8s-e2e: ## deploy into KUBECONFIG's cluster; prove rollouts, drains, probes, ga
 .PHONY: smoke
 smoke: ## check a running stack (docker compose up) end to end
 	$(GO) run ./cmd/smoke
+
+# The container delivery end to end (.ci/compose-e2e.sh): the server's
+# image within its size budget and without the fake provider, `docker
+# compose up --build`, make smoke, the read replica; torn down after.
+# GO_IMAGE, RUNTIME_IMAGE, POSTGRES_IMAGE, REDIS_IMAGE and BUILD_NETWORK
+# replace compose's defaults.
+.PHONY: compose-e2e
+compose-e2e: ## build, docker compose up, make smoke, tear down
+	.ci/compose-e2e.sh
 
 # GO_IMAGE and RUNTIME_IMAGE (environment or `make image GO_IMAGE=…`) replace
 # the base images, e.g. with a mirror's; unset, the Dockerfile's defaults

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The container delivery, end to end, after `make test` and `make lint`:
-# build the server's image on its own (and hold it to its size budget and
-# its contents: the server, no fake provider), bring the
-# whole stack up with the README's command, run `make smoke` against it, and
-# tear it down again, also when something fails.
+# make compose-e2e: the container delivery, end to end. Build the server's
+# image on its own (and hold it to its size budget and its contents: the
+# server, no fake provider), bring the whole stack up with the README's
+# command, run `make smoke` against it, check the read replica, and tear it
+# all down again, also when something fails.
 #
-# Expects a running Docker engine (.ci/docker-engine.sh) and, as .ci/run
-# exports them, POSTGRES_IMAGE and REDIS_IMAGE; picks them itself if unset.
-# A second run on the same machine reuses plugins, images and build caches.
+# Needs Docker with the compose plugin and the images docker-compose.yml
+# names. GO_IMAGE, RUNTIME_IMAGE, POSTGRES_IMAGE, REDIS_IMAGE and
+# BUILD_NETWORK replace compose's defaults (.ci/offline/prepare.sh sets them
+# on a machine without a registry).
 set -euo pipefail
 cd "$(dirname "$0")/.." # the repository root
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -22,11 +23,7 @@ BUILD_LABEL=payservice-ci.build=standalone # marks this script's own docker buil
 # A project name of its own: CI's containers, network and volume never
 # touch (or take down) a developer's `docker compose up` stack.
 export COMPOSE_PROJECT_NAME=payservice-ci
-# Builds in this engine have no outbound network otherwise, and `go mod
-# download` needs the module proxy (see .ci/docker-engine.sh).
-export BUILD_NETWORK=host
 
-work=$(mktemp -d)
 stack_up=
 # finish: on any exit, show what went wrong and take the stack down, so a
 # failed run leaves no containers or volumes behind for the next one.
@@ -46,71 +43,24 @@ finish() {
 	# dangling, and labelled by its standalone build or its compose project.
 	docker image prune --force --filter "label=$BUILD_LABEL" >/dev/null || true
 	docker image prune --force --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" >/dev/null || true
-	rm -rf "$work"
 	if [ "$rc" -eq 0 ]; then step "done"; else log "compose-e2e FAILED (exit $rc)"; fi
 }
 trap finish EXIT
 
-# export_images SCRIPT: run an image-picking script (.ci/images/*.sh) and
-# export the NAME=image lines it prints.
-export_images() {
-	"$1" >"$work/images.env"
-	cat "$work/images.env"
-	set -a
-	# shellcheck source=/dev/null
-	. "$work/images.env"
-	set +a
-}
-
-# with_host_cas IMAGE: print IMAGE, or, when its CA bundle is not this
-# machine's, the name of IMAGE plus this machine's bundle. Where egress goes
-# through a TLS-inspecting proxy whose CA only the host trusts, `go mod
-# download` in the build otherwise fails with "x509: certificate signed by
-# unknown authority".
-with_host_cas() {
-	local image=$1 host=/etc/ssl/certs/ca-certificates.crt
-	if docker run --rm --network none --entrypoint cat "$image" "$host" 2>/dev/null |
-		cmp -s - "$host"; then
-		printf '%s\n' "$image"
-		return 0
-	fi
-	local derived=payservice-ci/go-builder:host-cas
-	log "$image does not trust this machine's CAs: building $derived with them"
-	mkdir -p "$work/cas"
-	cp "$host" "$work/cas/"
-	printf 'FROM %s\nCOPY ca-certificates.crt %s\n' "$image" "$host" >"$work/cas/Dockerfile"
-	quiet_build -t "$derived" "$work/cas"
-	printf '%s\n' "$derived"
-}
-
-step "Go toolchain"
-export PATH="/usr/local/go/bin:$PATH"
-command -v go >/dev/null || die "Go not found in /usr/local/go/bin or PATH"
+step "Go toolchain and Docker"
+command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
 go version
-
-step "docker compose and buildx plugins"
-.ci/plugins.sh
 docker compose version
-docker buildx version
-
-step "base images of the Dockerfile (official, else stand-ins)"
-export_images .ci/images/build-bases.sh
-GO_IMAGE=$(with_host_cas "$GO_IMAGE")
-echo "GO_IMAGE=$GO_IMAGE (for this build)"
-
-step "Postgres and Redis images"
-if [ -z "${POSTGRES_IMAGE:-}" ] || [ -z "${REDIS_IMAGE:-}" ]; then
-	export_images .ci/images/standins.sh
-else
-	echo "POSTGRES_IMAGE=$POSTGRES_IMAGE"
-	echo "REDIS_IMAGE=$REDIS_IMAGE"
-fi
+# Unset, each is docker-compose.yml's default (the official image).
+for v in GO_IMAGE RUNTIME_IMAGE POSTGRES_IMAGE REDIS_IMAGE BUILD_NETWORK; do
+	echo "$v=${!v:-(compose default)}"
+done
 
 step "docker build $IMAGE (standalone)"
-# --network host: for `go mod download` (see BUILD_NETWORK). A bare
-# --build-arg NAME takes the value exported above. No VERSION: the same build
-# as compose's, so `up --build` below finds every step cached.
-docker build --network host --build-arg GO_IMAGE --build-arg RUNTIME_IMAGE \
+# The same network as compose's builds (BUILD_NETWORK). A bare --build-arg
+# NAME takes the value from the environment, if set. No VERSION: the same
+# build as compose's, so `up --build` below finds every step cached.
+docker build --network "${BUILD_NETWORK:-default}" --build-arg GO_IMAGE --build-arg RUNTIME_IMAGE \
 	--label "$BUILD_LABEL" -t "$IMAGE" .
 docker images "$IMAGE" --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}'
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")

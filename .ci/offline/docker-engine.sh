@@ -3,8 +3,8 @@
 # No registry is reachable, but Debian's archive is: Debian's docker.io gives
 # engine 20.10, which the machine's newer (28.x) docker client talks to fine.
 set -euo pipefail
-# shellcheck source=SCRIPTDIR/lib.sh
-. "$(dirname "$0")/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib.sh
+. "$(dirname "$0")/../lib.sh"
 
 # Second run / engine already provided: neither reinstall nor start a second
 # daemon.

@@ -4,8 +4,8 @@
 # but the Go module proxy is. Each build takes minutes on 2 cores, so the
 # binaries are cached under $CI_CACHE/plugins and only copied on later runs.
 set -euo pipefail
-# shellcheck source=SCRIPTDIR/lib.sh
-. "$(dirname "$0")/lib.sh"
+# shellcheck source=SCRIPTDIR/../lib.sh
+. "$(dirname "$0")/../lib.sh"
 
 PLUGIN_DIR="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
 COMPOSE_VERSION=v2.40.3

@@ -9,7 +9,7 @@
 // schedule under their anti-affinity rules.
 //
 // It runs against whatever cluster KUBECONFIG names (kind on a laptop, the
-// offline cluster of .ci/k8s in CI), with the build tag k8se2e:
+// offline cluster of .ci/offline/k8s in CI), with the build tag k8se2e:
 //
 //	make k8s-e2e K8S_E2E_LOAD='kind load docker-image'
 //
@@ -140,7 +140,7 @@ func cleanUp(t *testing.T, k *kube) {
 		}
 	}
 	for _, n := range nodes(t, k) {
-		k.run("uncordon", n)
+		_, _ = k.run("uncordon", n) // best effort: a node that is not cordoned says so
 	}
 	if os.Getenv("K8S_E2E_KEEP") == "1" {
 		t.Logf("K8S_E2E_KEEP=1: namespace %s kept", namespace)

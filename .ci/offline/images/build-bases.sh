@@ -9,8 +9,8 @@
 # stdout: NAME=image lines; logs go to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=SCRIPTDIR/../lib.sh
-. "$here/../lib.sh"
+# shellcheck source=SCRIPTDIR/../../lib.sh
+. "$here/../../lib.sh"
 
 # The same defaults as the Dockerfile's ARGs (and docker-compose.yml's).
 GO_OFFICIAL=${GO_IMAGE:-golang:1.26}

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Entrypoint of the payservice-standin/postgres and payservice-standin/redis
-# images (Debian packages imported by .ci/images/standins.sh; CI cannot pull
+# images (Debian packages imported by .ci/offline/images/standins.sh; CI cannot pull
 # the official images). It honours the official postgres image's contract as
 # far as testcontainers-go's postgres module and docker compose need:
 #   POSTGRES_USER (default postgres), POSTGRES_PASSWORD, POSTGRES_DB (default

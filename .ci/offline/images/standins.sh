@@ -6,8 +6,8 @@
 # stdout: NAME=image lines for .ci/run to export; logs go to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# shellcheck source=SCRIPTDIR/../lib.sh
-. "$here/../lib.sh"
+# shellcheck source=SCRIPTDIR/../../lib.sh
+. "$here/../../lib.sh"
 
 PG_OFFICIAL=${TEST_POSTGRES_IMAGE:-postgres:17-alpine}
 REDIS_OFFICIAL=${TEST_REDIS_IMAGE:-redis:7-alpine}

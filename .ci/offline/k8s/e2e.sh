@@ -9,14 +9,14 @@
 # Postgres and Redis images .ci/run chose (POSTGRES_IMAGE, REDIS_IMAGE) in
 # the local Docker engine.
 set -euo pipefail
-cd "$(dirname "$0")/../.." # the repository root
+cd "$(dirname "$0")/../../.." # the repository root
 # shellcheck source=SCRIPTDIR/env.sh
-. .ci/k8s/env.sh
+. .ci/offline/k8s/env.sh
 
 # A cluster left behind by a killed run would stop `up`: clear it first.
-.ci/k8s/cluster.sh down
-trap '.ci/k8s/cluster.sh down' EXIT
-.ci/k8s/cluster.sh up
-make k8s-e2e KUBECTL="$K8S_BIN/kubectl" K8S_E2E_LOAD="$PWD/.ci/k8s/cluster.sh load" \
+.ci/offline/k8s/cluster.sh down
+trap '.ci/offline/k8s/cluster.sh down' EXIT
+.ci/offline/k8s/cluster.sh up
+make k8s-e2e KUBECTL="$K8S_BIN/kubectl" K8S_E2E_LOAD="$PWD/.ci/offline/k8s/cluster.sh load" \
 	K8S_E2E_IMAGE=payservice:dev K8S_E2E_FAKEPROVIDER_IMAGE=payservice-fakeprovider:dev \
 	K8S_E2E_POSTGRES_IMAGE="${POSTGRES_IMAGE:?set by .ci/run}" K8S_E2E_REDIS_IMAGE="${REDIS_IMAGE:?set by .ci/run}"

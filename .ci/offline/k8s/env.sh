@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Settings shared by the .ci/k8s/ scripts. Source it; do not execute it.
+# Settings shared by the .ci/offline/k8s/ scripts. Source it; do not execute it.
 # shellcheck source=SCRIPTDIR/../lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../../lib.sh"
 
 K8S_VERSION=v1.34.4           # kept at 1.34: 1.36+ wants containerd 2, Debian 12 ships 1.6
 ETCD_VERSION=v3.6.16
