@@ -31,6 +31,22 @@ run: build ## run the server against the local stack
 migrate: ## apply database migrations to DATABASE_URL
 	DATABASE_URL='$(DATABASE_URL)' LOG_FORMAT=text $(GO) run ./cmd/server migrate
 
+# Turn a copy of the template into a service of its own: NAME replaces the
+# template's name wherever gonew leaves it (images, metrics, Kubernetes,
+# compose, docs, scripts' run bits), MODULE its module path; see
+# internal/tools/rename. NAME only from the command line: some systems
+# (WSL) export a NAME of their own.
+.PHONY: rename
+rename: ## rename the copy: NAME=ledger [MODULE=example.com/acme/ledger]
+	@$(if $(filter command line,$(origin NAME)),,echo "make rename: NAME is required: make rename NAME=ledger [MODULE=example.com/acme/ledger]" >&2; exit 2)
+	$(GO) run ./internal/tools/rename -name '$(NAME)' $(if $(MODULE),-module '$(MODULE)')
+
+# A copy made with gonew has no deploy_test/ or bench/: a module zip leaves
+# out every directory with a go.mod of its own. The targets that need one
+# stop first and say so, rather than half-run and fail on a missing directory.
+need-modules = @missing=; for m in $(1); do [ -f "$$m/go.mod" ] || missing="$$missing $$m/"; done; \
+	[ -z "$$missing" ] || { echo "make $@:$$missing missing. A copy made with gonew lacks the nested modules (a module zip leaves out every directory with a go.mod of its own): copy them from a clone of the template, or take them out of this target." >&2; exit 1; }
+
 # Unit and integration tests, with the race detector. Integration tests start
 # Postgres and Redis with testcontainers-go: they need Docker, and fail (not
 # skip) without it. -count=1: containers are state the test cache cannot see.
@@ -38,6 +54,7 @@ migrate: ## apply database migrations to DATABASE_URL
 TESTFLAGS ?=
 .PHONY: test
 test: ## run every test (unit + integration, manifests and compose) with -race
+	$(call need-modules,deploy_test)
 	$(GO) test -race -count=1 -timeout 15m $(TESTFLAGS) ./...
 	$(GO) -C deploy_test test -count=1 $(TESTFLAGS) ./...
 
@@ -55,6 +72,7 @@ GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 ACTIONLINT    := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 .PHONY: lint
 lint: ## gofmt check, go vet, golangci-lint in every module, actionlint
+	$(call need-modules,$(MODULES))
 	$(GO) run $(ACTIONLINT) .github/workflows/ci.yml
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
@@ -82,6 +100,7 @@ vuln: ## govulncheck the service against GOVULNDB
 # (same run, side by side). The overload table: see bench/cmd/overload.
 .PHONY: bench
 bench: ## benchmark the protections against failsafe-go
+	$(call need-modules,bench)
 	$(GO) -C bench test -run '^$$' -bench . -benchmem -count 1
 
 # Native Go fuzzing: each target, as package:target, for FUZZTIME, one after
@@ -131,6 +150,7 @@ K8S_E2E_IMAGE              ?= payservice:dev
 K8S_E2E_FAKEPROVIDER_IMAGE ?= payservice-fakeprovider:dev
 .PHONY: k8s-e2e
 k8s-e2e: ## deploy into KUBECONFIG's cluster; prove rollouts, drains, probes, gates
+	$(call need-modules,deploy_test)
 	K8S_E2E_LOAD='$(K8S_E2E_LOAD)' K8S_E2E_IMAGE='$(K8S_E2E_IMAGE)' \
 	K8S_E2E_FAKEPROVIDER_IMAGE='$(K8S_E2E_FAKEPROVIDER_IMAGE)' \
 	$(GO) -C deploy_test test -tags k8se2e -count=1 -timeout 30m -v -run '^TestKubernetes$$' ./k8se2e
