@@ -33,6 +33,7 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod \
     go mod download
 
+COPY api/ api/
 COPY cmd/ cmd/
 COPY internal/ internal/
 # Declared just before its one use, so a new stamp leaves the steps above

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -75,6 +76,42 @@ func TestCompose_BuildsEachServiceItsOwnImage(t *testing.T) {
 		}
 		if s.Image != want.image {
 			t.Errorf("%s: image %q, want %q (make image and the k8s overlays use that name)", name, s.Image, want.image)
+		}
+	}
+}
+
+// The image builds from what the Dockerfile copies and .dockerignore lets
+// through: every directory holding a package the binaries import must be
+// in both, or `docker build` fails where `go build` passes.
+func TestDockerfile_CopiesEveryPackageTheBinariesImport(t *testing.T) {
+	const module = "github.com/resiliencekit/payservice"
+	out, err := exec.Command("go", "list", "-C", "..", "-deps", "-f", "{{.ImportPath}}", "./cmd/server", "./cmd/fakeprovider").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	dirs := map[string]bool{}
+	for _, p := range strings.Fields(string(out)) {
+		if rest, ok := strings.CutPrefix(p, module+"/"); ok {
+			dirs[strings.Split(rest, "/")[0]] = true
+		}
+	}
+	if len(dirs) == 0 {
+		t.Fatalf("go list named no package of %s: %s", module, out)
+	}
+	dockerfile, err := os.ReadFile(filepath.Join("..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignore, err := os.ReadFile(filepath.Join("..", ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir := range dirs {
+		if !strings.Contains(string(dockerfile), "\nCOPY "+dir+"/ "+dir+"/\n") {
+			t.Errorf("the binaries import packages under %s/, which the Dockerfile does not COPY", dir)
+		}
+		if !slices.Contains(strings.Fields(string(ignore)), "!"+dir+"/") {
+			t.Errorf("the binaries import packages under %s/, which .dockerignore keeps out of the build context", dir)
 		}
 	}
 }

@@ -119,7 +119,9 @@ func TestIdempotency_Contract(t *testing.T) {
 		pay(t, srv, "key_a", "c-3", body1000)
 		r := pay(t, srv, "key_a", "c-3", `{"amount":999,"currency":"usd"}`)
 		var prob struct{ Type string }
-		json.Unmarshal(r.body, &prob)
+		if err := json.Unmarshal(r.body, &prob); err != nil {
+			t.Fatalf("%d %s: %v", r.status, r.body, err)
+		}
 		if r.status != 422 || !strings.HasSuffix(prob.Type, "/idempotency-key-reused") {
 			t.Fatalf("%d %s, want 422 idempotency-key-reused", r.status, r.body)
 		}
@@ -133,7 +135,9 @@ func TestIdempotency_Contract(t *testing.T) {
 		} {
 			r := pay(t, srv, "key_a", "c-4", bad.body)
 			var prob struct{ Type string }
-			json.Unmarshal(r.body, &prob)
+			if err := json.Unmarshal(r.body, &prob); err != nil {
+				t.Fatalf("%d %s: %v", r.status, r.body, err)
+			}
 			if !strings.HasSuffix(prob.Type, bad.wantType) {
 				t.Errorf("%s with a completed key: %d %s, want %s as without Redis", bad.body, r.status, r.body, bad.wantType)
 			}

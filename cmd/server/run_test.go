@@ -20,8 +20,6 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
-
 // logSink collects the JSON log lines run writes, so a test can wait for
 // one (the listening addresses, say).
 type logSink struct {
@@ -111,7 +109,10 @@ func startRun(t *testing.T, env map[string]string) *instance {
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-s.done:
+		case err := <-s.done:
+			if err != nil {
+				t.Errorf("run returned %v after cancellation, want nil: a cancelled context is a clean shutdown", err)
+			}
 		case <-time.After(30 * time.Second):
 			t.Error("run did not return within 30s of cancellation")
 		}
@@ -130,7 +131,27 @@ type response struct {
 	body   []byte
 }
 
+// call sends a request to the public API, and checks it and its answer
+// against the OpenAPI description.
 func call(t *testing.T, method, url, key, idemKey, body string) response {
+	t.Helper()
+	return send(t, apiClient(t), method, url, key, idemKey, body)
+}
+
+// apiClient is a client whose exchanges are checked against the OpenAPI
+// description, and reported to t.
+func apiClient(t *testing.T) *http.Client {
+	return &http.Client{Transport: spec.Transport(t, nil)}
+}
+
+// callAdmin sends a GET to the admin port, which the public API's
+// description does not cover.
+func callAdmin(t *testing.T, url string) response {
+	t.Helper()
+	return send(t, http.DefaultClient, http.MethodGet, url, "", "", "")
+}
+
+func send(t *testing.T, client *http.Client, method, url, key, idemKey, body string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
@@ -145,7 +166,7 @@ func call(t *testing.T, method, url, key, idemKey, body string) response {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -233,7 +254,7 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 	}
 
 	// The admin port has metrics by route pattern, pool stats, and pprof.
-	metrics := call(t, http.MethodGet, s.admin+"/metrics", "", "", "")
+	metrics := callAdmin(t, s.admin+"/metrics")
 	for _, want := range []string{
 		`payservice_http_requests_total{code="201",method="POST",route="/v1/payments"} 2`,
 		`payservice_http_request_duration_seconds_bucket{code="200",method="GET",route="/v1/payments/{id}"`,
@@ -245,7 +266,7 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if r := call(t, http.MethodGet, s.admin+"/debug/pprof/", "", "", ""); r.status != 200 {
+	if r := callAdmin(t, s.admin+"/debug/pprof/"); r.status != 200 {
 		t.Errorf("pprof: %d", r.status)
 	}
 	if r := call(t, http.MethodGet, s.api+"/metrics", "", "", ""); r.status != 404 {
@@ -254,7 +275,7 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 	// Readiness on the admin port also says which server takes writes; the
 	// public one never names an address.
 	var detailed struct{ Details map[string]string }
-	if r := call(t, http.MethodGet, s.admin+"/health/ready", "", "", ""); r.status != 200 || json.Unmarshal(r.body, &detailed) != nil ||
+	if r := callAdmin(t, s.admin+"/health/ready"); r.status != 200 || json.Unmarshal(r.body, &detailed) != nil ||
 		!strings.HasPrefix(detailed.Details["postgres"], "writes on ") {
 		t.Errorf("admin readiness: %d %s; want 200 with details.postgres naming the writer", r.status, r.body)
 	}
@@ -301,7 +322,7 @@ func waitReady(t *testing.T, base string) {
 // metricLine returns the /metrics line starting with prefix, or "".
 func metricLine(t *testing.T, admin, prefix string) string {
 	t.Helper()
-	for _, line := range strings.Split(string(call(t, http.MethodGet, admin+"/metrics", "", "", "").body), "\n") {
+	for _, line := range strings.Split(string(callAdmin(t, admin+"/metrics").body), "\n") {
 		if strings.HasPrefix(line, prefix) {
 			return line
 		}

@@ -60,7 +60,7 @@ func TestShutdown_SIGTERMUnderLoadLosesNoRequest(t *testing.T) {
 	var load sync.WaitGroup
 	for w := range 8 {
 		load.Go(func() {
-			client := &http.Client{Transport: &http.Transport{}} // its own connections
+			client := &http.Client{Transport: spec.Transport(t, &http.Transport{})} // its own connections
 			defer client.CloseIdleConnections()
 			for i := 0; !stop.Load(); i++ {
 				sentAt := time.Now().UnixNano()
@@ -207,7 +207,7 @@ func TestShutdown_RequestOutlastingTheTimeoutIsCutOffOnTime(t *testing.T) {
 		req.Header.Set("Idempotency-Key", "slow")
 		req.Header.Set("Content-Type", "application/json")
 		req.GetBody = nil // no transparent resend: see the test above
-		resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+		resp, err := (&http.Client{Transport: spec.Transport(t, &http.Transport{})}).Do(req)
 		if err == nil {
 			resp.Body.Close()
 		}

@@ -95,6 +95,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		statusMu.Unlock()
 	}
 	var refundAnswers sync.Map // refund id → amount, from every 2xx answer
+	client := apiClient(t)
 	sendRefund := func(rng *rand.Rand, paymentID, key string, amount int64) (int, bool) {
 		sent.Add(1)
 		srv := servers[rng.IntN(len(servers))]
@@ -102,7 +103,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		req.Header.Set("Authorization", "Bearer key_a")
 		req.Header.Set("Idempotency-Key", key)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			count("refund network error")
 			return 0, false
@@ -131,7 +132,7 @@ func TestSoak_ChargesAtMostOnceUnderChaos(t *testing.T) {
 		req.Header.Set("Authorization", "Bearer key_a")
 		req.Header.Set("Idempotency-Key", key)
 		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			count("network error")
 			return 0, false, ""

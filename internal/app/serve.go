@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/resiliencekit/payservice/api"
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/payments/paymentsapi"
 	"github.com/resiliencekit/payservice/internal/payments/paymentsdb"
@@ -161,11 +162,11 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	// alone.
 	var gate *readinessgate.Gate
 	if cfg.ReadinessGate.Condition != "" {
-		api, err := readinessgate.InCluster(getenv)
+		kube, err := readinessgate.InCluster(getenv)
 		if err != nil {
 			return fmt.Errorf("READINESS_GATE_CONDITION=%s: %w", cfg.ReadinessGate.Condition, err)
 		}
-		gate = readinessgate.New(cfg.ReadinessGate, api, Name, log)
+		gate = readinessgate.New(cfg.ReadinessGate, kube, Name, log)
 	}
 	handler := web.NewRouter(web.RouterConfig{
 		Auth:           web.NewAuthenticator(Name, cfg.APIKeys.Secrets()),
@@ -178,15 +179,17 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		Metrics:        reg,
 		RequestTimeout: cfg.RequestTimeout,
 		ProblemTypes:   problemTypes,
+		OpenAPI:        api.Spec,
 	}, paymentsapi.Routes(paymentsapi.Config{Service: svc, Guard: guard, Log: log}))
 
 	// Bind before serving: a port conflict fails start-up with a clear
 	// error, and tests can ask for port 0 and read the port from the log.
-	apiLn, err := net.Listen("tcp", cfg.HTTPAddr)
+	var lc net.ListenConfig
+	apiLn, err := lc.Listen(ctx, "tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
-	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	adminLn, err := lc.Listen(ctx, "tcp", cfg.AdminAddr)
 	if err != nil {
 		apiLn.Close()
 		return fmt.Errorf("listen on ADMIN_ADDR %s: %w", cfg.AdminAddr, err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/resiliencekit/payservice/api"
 	"github.com/resiliencekit/payservice/internal/payments"
 	"github.com/resiliencekit/payservice/internal/platform/health"
 	"github.com/resiliencekit/payservice/internal/platform/idempotency"
@@ -39,6 +40,7 @@ type recordingService struct {
 	written []created
 	err     error // returned by every call when set
 	payment payments.Payment
+	refund  payments.Refund // the refund Refund makes, and Refunds lists
 	replay  bool
 }
 
@@ -62,12 +64,27 @@ func (s *recordingService) Create(_ context.Context, req idempotency.Request, bo
 	return resp, err
 }
 
-func (s *recordingService) Refund(context.Context, idempotency.Request, string, payments.RefundRequest, string) (idempotency.Response, error) {
-	return idempotency.Response{}, errors.New("not used")
+func (s *recordingService) Refund(_ context.Context, _ idempotency.Request, paymentID string, body payments.RefundRequest, requestID string) (idempotency.Response, error) {
+	if s.err != nil {
+		return idempotency.Response{}, s.err
+	}
+	r := s.refund
+	r.PaymentID, r.Amount, r.Reason = paymentID, body.Amount, body.Reason
+	resp, err := Views{ProblemTypes: testProblemTypes}.Refund(r, requestID)
+	resp.Replayed = s.replay
+	return resp, err
 }
 
-func (s *recordingService) Refunds(context.Context, string, string) ([]payments.Refund, error) {
-	return nil, errors.New("not used")
+func (s *recordingService) Refunds(_ context.Context, clientID, paymentID string) ([]payments.Refund, error) {
+	if s.err != nil {
+		return nil, s.err
+	}
+	if clientID != "client_a" || paymentID != "pay_1" {
+		return nil, payments.ErrNotFound
+	}
+	r := s.refund
+	r.PaymentID = paymentID
+	return []payments.Refund{r}, nil
 }
 
 func (s *recordingService) Get(_ context.Context, clientID, id string) (payments.Payment, error) {
@@ -77,14 +94,14 @@ func (s *recordingService) Get(_ context.Context, clientID, id string) (payments
 	if clientID != "client_a" || id != "pay_1" {
 		return payments.Payment{}, payments.ErrNotFound
 	}
-	return payments.Payment{ID: "pay_1", Status: payments.StatusSucceeded, Amount: 5, Currency: "eur"}, nil
+	return payments.Payment{ID: "pay_1", Status: payments.StatusSucceeded, Amount: 5, Currency: "eur", ProviderChargeID: "ch_1"}, nil
 }
 
 func (s *recordingService) List(_ context.Context, clientID string, limit int, after string) (payments.Page, error) {
 	if s.err != nil {
 		return payments.Page{}, s.err
 	}
-	return payments.Page{Payments: []payments.Payment{{ID: "pay_1", Status: payments.StatusSucceeded}}, HasMore: limit == 1}, nil
+	return payments.Page{Payments: []payments.Payment{{ID: "pay_1", Status: payments.StatusSucceeded, Amount: 5, Currency: "eur", ProviderChargeID: "ch_1"}}, HasMore: limit == 1}, nil
 }
 
 // unlimited never refuses.
@@ -116,20 +133,40 @@ func idemMetrics(t *testing.T) *idempotency.Metrics {
 	return m
 }
 
+// newRouter returns the router as the service builds it, with every
+// exchange it serves checked against the OpenAPI description.
 func newRouter(t *testing.T, svc Service, clients, anonymous web.RateLimiter, log *slog.Logger, ready func() bool) http.Handler {
 	t.Helper()
-	h := health.New(time.Second, slog.New(slog.DiscardHandler))
+	return spec.Handler(t, buildRouter(t, svc, clients, anonymous, log, ready, newProbes(true)))
+}
+
+// newProbes returns the service's readiness checks, passing, with the
+// schema migrated or not.
+func newProbes(migrated bool) *health.Health {
+	ok := func(context.Context) error { return nil }
+	h := health.New(time.Second, slog.New(slog.DiscardHandler),
+		health.Check{Name: "postgres", Probe: ok},
+		health.Check{Name: "redis", Optional: true, Probe: ok})
+	if migrated {
+		h.SetMigrated()
+	}
+	return h
+}
+
+func buildRouter(t *testing.T, svc Service, clients, anonymous web.RateLimiter, log *slog.Logger, ready func() bool, probes *health.Health) http.Handler {
+	t.Helper()
 	return web.NewRouter(web.RouterConfig{
 		Auth:           web.NewAuthenticator("payservice", map[string]string{"client_a": "key_a", "client_b": "key_b"}),
 		ClientLimit:    clients,
 		AnonymousLimit: anonymous,
 		Ready:          ready,
-		Live:           h.Live,
-		ReadyProbe:     h.Ready,
+		Live:           probes.Live,
+		ReadyProbe:     probes.Ready,
 		Log:            log,
 		Metrics:        prometheus.NewRegistry(),
 		RequestTimeout: 5 * time.Second,
 		ProblemTypes:   testProblemTypes,
+		OpenAPI:        api.Spec,
 	}, Routes(Config{Service: svc, Guard: &idempotency.Guard{Metrics: idemMetrics(t), Log: log}, Log: log}))
 }
 
@@ -345,9 +382,9 @@ func TestCreatePayment_FingerprintIgnoresKeyOrderAndWhitespace(t *testing.T) {
 }
 
 func TestCreatePayment_OutcomesMapToStatuses(t *testing.T) {
-	processing := payments.Payment{ID: "pay_p", Status: payments.StatusProcessing}
-	declined := payments.Payment{ID: "pay_d", Status: payments.StatusFailed, FailureCode: "card_declined", ProviderChargeID: "ch_d"}
-	succeeded := payments.Payment{ID: "pay_s", Status: payments.StatusSucceeded, ProviderChargeID: "ch_s"}
+	processing := payments.Payment{ID: "pay_p", Amount: 1000, Currency: "usd", Status: payments.StatusProcessing}
+	declined := payments.Payment{ID: "pay_d", Amount: 1000, Currency: "usd", Status: payments.StatusFailed, FailureCode: "card_declined", ProviderChargeID: "ch_d"}
+	succeeded := payments.Payment{ID: "pay_s", Amount: 1000, Currency: "usd", Status: payments.StatusSucceeded, ProviderChargeID: "ch_s"}
 	tests := []struct {
 		name         string
 		payment      payments.Payment
@@ -397,6 +434,104 @@ func TestCreatePayment_OutcomesMapToStatuses(t *testing.T) {
 				decodeProblem(t, rec)
 			}
 		})
+	}
+}
+
+// postRefund builds a valid POST /v1/payments/pay_1/refunds.
+func postRefund(body string) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/v1/payments/pay_1/refunds", strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer key_a")
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("Idempotency-Key", "refund-42")
+	return r
+}
+
+func TestRefund_OutcomesMapToStatuses(t *testing.T) {
+	succeeded := payments.Refund{ID: "re_s", Status: payments.StatusSucceeded, ProviderRefundID: "rf_s"}
+	processing := payments.Refund{ID: "re_p", Status: payments.StatusProcessing}
+	refused := payments.Refund{ID: "re_f", Status: payments.StatusFailed, FailureCode: "charge_disputed"}
+	const valid = `{"amount":400,"reason":"requested_by_customer"}`
+	tests := []struct {
+		name         string
+		refund       payments.Refund
+		replay       bool
+		err          error
+		body         string
+		wantStatus   int
+		wantType     string // suffix of the problem type, for a problem
+		wantReplayed bool
+		wantRetry    bool
+	}{
+		{"refunded", succeeded, false, nil, valid, 201, "", false, false},
+		{"unknown outcome", processing, false, nil, valid, 202, "", false, false},
+		{"refused by the provider", refused, false, nil, valid, 422, "/refund-failed", false, false},
+		{"replay of a refund", succeeded, true, nil, valid, 201, "", true, false},
+		{"replay of a refusal", refused, true, nil, valid, 422, "/refund-failed", true, false},
+		{"no such payment", payments.Refund{}, false, payments.ErrNotFound, valid, 404, "/not-found", false, false},
+		{"payment not succeeded", payments.Refund{}, false, payments.ErrNotRefundable, valid, 409, "/payment-not-refundable", false, false},
+		{"more than is left", payments.Refund{}, false, &payments.RefundTooLargeError{Requested: 400, Left: 100}, valid, 422, "/refund-too-large", false, false},
+		{"key in flight", payments.Refund{}, false, idempotency.ErrInFlight, valid, 409, "/idempotency-key-in-flight", false, true},
+		{"key reused", payments.Refund{}, false, idempotency.ErrKeyReused, valid, 422, "/idempotency-key-reused", false, false},
+		{"dependency down", payments.Refund{}, false, fmt.Errorf("%w: db gone", payments.ErrUnavailable), valid, 503, "/unavailable", false, true},
+		{"zero amount", succeeded, false, nil, `{"amount":0}`, 422, "/invalid-request", false, false},
+		{"reason too long", succeeded, false, nil, `{"amount":1,"reason":"` + strings.Repeat("r", 201) + `"}`, 422, "/invalid-request", false, false},
+		{"unknown field", succeeded, false, nil, `{"amount":1,"note":"x"}`, 400, "/malformed-request", false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			newTestHandler(t, &recordingService{refund: tt.refund, replay: tt.replay, err: tt.err}).ServeHTTP(rec, postRefund(tt.body))
+			if rec.Code != tt.wantStatus {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tt.wantStatus, rec.Body)
+			}
+			if got := rec.Header().Get("Idempotent-Replayed") == "true"; got != tt.wantReplayed {
+				t.Errorf("Idempotent-Replayed %v, want %v", got, tt.wantReplayed)
+			}
+			if got := rec.Header().Get("Retry-After") != ""; got != tt.wantRetry {
+				t.Errorf("Retry-After present %v, want %v", got, tt.wantRetry)
+			}
+			if tt.wantType == "" {
+				var r refundJSON
+				if err := json.Unmarshal(rec.Body.Bytes(), &r); err != nil || r.ID != tt.refund.ID || r.PaymentID != "pay_1" || r.Amount != 400 {
+					t.Errorf("refund %s (%v), want %s of 400 for pay_1", rec.Body, err, tt.refund.ID)
+				}
+				return
+			}
+			if p := decodeProblem(t, rec); !strings.HasSuffix(p.Type, tt.wantType) {
+				t.Errorf("type %q, want suffix %q", p.Type, tt.wantType)
+			}
+			if tt.wantType == "/refund-failed" {
+				var body struct {
+					Refund refundJSON `json:"refund"`
+				}
+				if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || body.Refund.Status != "failed" || body.Refund.FailureCode != "charge_disputed" {
+					t.Errorf("422 body %s, want the failed refund", rec.Body)
+				}
+			}
+		})
+	}
+}
+
+func TestListRefunds_IsScopedToTheClient(t *testing.T) {
+	h := newTestHandler(t, &recordingService{refund: payments.Refund{ID: "re_1", Amount: 400, Status: payments.StatusSucceeded, ProviderRefundID: "rf_1"}})
+	get := func(key string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodGet, "/v1/payments/pay_1/refunds", nil)
+		r.Header.Set("Authorization", "Bearer "+key)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		return rec
+	}
+	rec := get("key_a")
+	var list struct {
+		Data []refundJSON `json:"data"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &list); rec.Code != 200 || err != nil || len(list.Data) != 1 || list.Data[0].ID != "re_1" {
+		t.Errorf("owner: %d %s (%v), want the one refund", rec.Code, rec.Body, err)
+	}
+	if rec := get("key_b"); rec.Code != 404 {
+		t.Errorf("another client: %d, want 404", rec.Code)
+	} else {
+		decodeProblem(t, rec)
 	}
 }
 

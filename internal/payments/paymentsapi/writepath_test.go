@@ -26,8 +26,6 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/web"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
-
 // roundTrips counts a Redis client's round trips: one per command, one per
 // pipeline.
 type roundTrips struct{ n atomic.Int64 }
@@ -83,12 +81,12 @@ func TestWritePath_CostsTwoCommitsAndTwoRedisRoundTrips(t *testing.T) {
 		Metrics: metrics, Log: log, LockTTL: time.Minute,
 	}
 	probes := health.New(time.Second, log)
-	handler := web.NewRouter(web.RouterConfig{
+	handler := spec.Handler(t, web.NewRouter(web.RouterConfig{
 		Auth:        web.NewAuthenticator("test", map[string]string{"client_a": "key_a"}),
 		ClientLimit: unlimited{}, AnonymousLimit: unlimited{},
 		Ready: func() bool { return true }, Live: probes.Live, ReadyProbe: probes.Ready,
 		Log: log, Metrics: prometheus.NewRegistry(), RequestTimeout: 10 * time.Second, ProblemTypes: testProblemTypes,
-	}, Routes(Config{Service: svc, Guard: guard, Log: log}))
+	}, Routes(Config{Service: svc, Guard: guard, Log: log})))
 
 	post := func(path, key, body string) *httptest.ResponseRecorder {
 		t.Helper()

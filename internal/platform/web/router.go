@@ -14,6 +14,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,10 +38,14 @@ type RouterConfig struct {
 	// ProblemTypes prefixes every problem's type URI, e.g.
 	// https://api.example.com/problems/.
 	ProblemTypes string
+	// OpenAPI, when set, is the API's OpenAPI description, served
+	// unauthenticated at GET /openapi.yaml.
+	OpenAPI []byte
 }
 
-// NewRouter returns the public API: health probes, and the domain's routes
-// mounted under /v1 behind the middleware every API route needs.
+// NewRouter returns the public API: health probes, the API's description
+// (if configured), and the domain's routes mounted under /v1 behind the
+// middleware every API route needs.
 func NewRouter(c RouterConfig, routes func(r chi.Router)) http.Handler {
 	r := chi.NewRouter()
 	// Outermost first. Every response gets a request id; every request is
@@ -65,6 +70,9 @@ func NewRouter(c RouterConfig, routes func(r chi.Router)) http.Handler {
 
 	r.Get("/health/live", c.Live)
 	r.Get("/health/ready", c.ReadyProbe)
+	if len(c.OpenAPI) > 0 {
+		r.Get("/openapi.yaml", serveOpenAPI(c.OpenAPI))
+	}
 
 	r.Route("/v1", func(r chi.Router) {
 		// Identify, limit, then require: failed authentication is rate
@@ -75,6 +83,16 @@ func NewRouter(c RouterConfig, routes func(r chi.Router)) http.Handler {
 		routes(r)
 	})
 	return r
+}
+
+// serveOpenAPI serves the API's description as it was built in.
+func serveOpenAPI(spec []byte) http.HandlerFunc {
+	length := strconv.Itoa(len(spec))
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Header().Set("Content-Length", length)
+		_, _ = w.Write(spec)
+	}
 }
 
 // problemTypes makes base the prefix of the problem types written for the
