@@ -67,7 +67,9 @@ func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, *RequestError) {
 // fields, wrong types and trailing data are errors: a client that sends
 // "amout" must hear about it, not have a field silently ignored.
 //
-// So is a body that says two things at once: an object holding a member
+// So is null for a field that cannot hold it (only pointers and
+// interfaces can): leave the member out instead. And so is a body that
+// says two things at once: an object holding a member
 // twice, or a member whose name matches a field only when case is ignored
 // ("AMOUNT"). encoding/json would take the last duplicate and match names
 // case-insensitively, while a fingerprint hashes the body as sent:
@@ -118,6 +120,11 @@ func (w *walker) value(t reflect.Type, path string) (canonical []byte, detail st
 	if err != nil {
 		return nil, "", err
 	}
+	// Only a pointer or an interface can hold null. encoding/json leaves
+	// any other field untouched, so {"description":null} would pass as an
+	// empty string, and a retry that omits the member, the same request,
+	// would get another fingerprint.
+	nullable := t == nil || t.Kind() == reflect.Pointer || t.Kind() == reflect.Interface
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -134,6 +141,9 @@ func (w *walker) value(t reflect.Type, path string) (canonical []byte, detail st
 	case bool:
 		return strconv.AppendBool(nil, tok), "", nil
 	default: // nil
+		if !nullable {
+			return nil, fmt.Sprintf("Field %q is null: leave it out or give it a value.", path), nil
+		}
 		return []byte("null"), "", nil
 	}
 }
