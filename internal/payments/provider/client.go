@@ -289,7 +289,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 		// callers can tell it from the provider being slow.
 		timeout := ctx.Err() == nil && errors.Is(attemptCtx.Err(), context.DeadlineExceeded)
 		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+			// %v: the transport's error may itself wrap the attempt's
+			// DeadlineExceeded, which must not pass for the caller's.
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err) //nolint:errorlint // see above
 		}
 		return &Error{Op: op, Sent: sent.Load(), Timeout: timeout, Err: err}
 	}

@@ -174,7 +174,7 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 		// The last attempt was refused or never sent, but an earlier one
 		// may have charged. The chain is cut (%v, not %w) so that the
 		// error cannot also match ErrNotSent and get the payment dropped.
-		return &Error{Op: op, Sent: true, Err: fmt.Errorf("an earlier attempt may have reached the provider; then: %v", err)}
+		return &Error{Op: op, Sent: true, Err: fmt.Errorf("an earlier attempt may have reached the provider; then: %v", err)} //nolint:errorlint // cut on purpose, see above
 	case errors.As(err, &perr):
 		return err
 	}

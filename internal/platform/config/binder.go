@@ -188,7 +188,7 @@ func Load(getenv func(string) string, bind func(*Binder), names ...string) (warn
 				// the start of another problem: one per line.
 				shown = strconv.Quote(raw)
 			}
-			errs = append(errs, fmt.Errorf("%s=%s: %v; expected %s", from, shown, err, v.usage))
+			errs = append(errs, fmt.Errorf("%s=%s: %w; expected %s", from, shown, err, v.usage))
 		}
 	}
 	return warnings, errors.Join(errs...)

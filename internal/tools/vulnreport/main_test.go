@@ -7,9 +7,9 @@ import (
 
 // Messages as govulncheck -format json writes them, cut to what report reads.
 const (
-	config        = `{"config":{"protocol_version":"v1.0.0","scanner_name":"govulncheck"}}`
-	stdlibCalled  = `{"finding":{"osv":"GO-1","fixed_version":"v1.26.9","trace":[{"module":"stdlib","version":"v1.26.8","package":"net/http","function":"Serve"},{"module":"example.com/m","package":"example.com/m/x","function":"F","position":{"filename":"x/x.go","line":7}}]}}`
-	moduleCalled  = `{"finding":{"osv":"GO-2","fixed_version":"v0.39.0","trace":[{"module":"golang.org/x/image","version":"v0.30.0","package":"golang.org/x/image/tiff","function":"Decode"},{"module":"example.com/m","package":"example.com/m/y","function":"G","position":{"filename":"y/y.go","line":9}}]}}`
+	config         = `{"config":{"protocol_version":"v1.0.0","scanner_name":"govulncheck"}}`
+	stdlibCalled   = `{"finding":{"osv":"GO-1","fixed_version":"v1.26.9","trace":[{"module":"stdlib","version":"v1.26.8","package":"net/http","function":"Serve"},{"module":"example.com/m","package":"example.com/m/x","function":"F","position":{"filename":"x/x.go","line":7}}]}}`
+	moduleCalled   = `{"finding":{"osv":"GO-2","fixed_version":"v0.39.0","trace":[{"module":"golang.org/x/image","version":"v0.30.0","package":"golang.org/x/image/tiff","function":"Decode"},{"module":"example.com/m","package":"example.com/m/y","function":"G","position":{"filename":"y/y.go","line":9}}]}}`
 	moduleImported = `{"finding":{"osv":"GO-3","fixed_version":"v1.2.3","trace":[{"module":"example.com/dep","version":"v1.0.0","package":"example.com/dep/p"}]}}`
 )
 
