@@ -67,8 +67,8 @@ func ReadBody(w http.ResponseWriter, r *http.Request) ([]byte, *RequestError) {
 // fields, wrong types and trailing data are errors: a client that sends
 // "amout" must hear about it, not have a field silently ignored.
 //
-// So is null for a field that cannot hold it (only pointers and
-// interfaces can): leave the member out instead. And so is a body that
+// So is null for a field that has no nil (a string, a number, a bool, a
+// struct): leave the member out instead. And so is a body that
 // says two things at once: an object holding a member
 // twice, or a member whose name matches a field only when case is ignored
 // ("AMOUNT"). encoding/json would take the last duplicate and match names
@@ -120,11 +120,15 @@ func (w *walker) value(t reflect.Type, path string) (canonical []byte, detail st
 	if err != nil {
 		return nil, "", err
 	}
-	// Only a pointer or an interface can hold null. encoding/json leaves
-	// any other field untouched, so {"description":null} would pass as an
-	// empty string, and a retry that omits the member, the same request,
-	// would get another fingerprint.
-	nullable := t == nil || t.Kind() == reflect.Pointer || t.Kind() == reflect.Interface
+	// null means nil: only pointers, interfaces, maps and slices have it.
+	// encoding/json leaves any other field untouched, so
+	// {"description":null} would pass as an empty string. (A map may be
+	// null: Go's own encoder writes a nil map so.)
+	k := reflect.Invalid
+	if t != nil {
+		k = t.Kind()
+	}
+	nullable := t == nil || k == reflect.Pointer || k == reflect.Interface || k == reflect.Map || k == reflect.Slice
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
