@@ -91,6 +91,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		return err
 	}
 
+	redisclient.UseLogger(log) // go-redis's own lines, structured too
 	rdb, err := redisclient.New(cfg.Redis)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)

@@ -7,7 +7,10 @@ package redisclient
 
 import (
 	"cmp"
+	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,4 +66,21 @@ func New(c Config) (*redis.Client, error) {
 	// operation timed out on a dial loop instead of failing at once.
 	opts.DialerRetries = 1
 	return redis.NewClient(opts), nil
+}
+
+// UseLogger sends go-redis's own log lines (a dial that failed, a
+// connection dropped by a hook) to log as warnings, structured like every
+// other line; otherwise go-redis prints plain text to stderr, a line per
+// failed dial while Redis is down. go-redis has one logger per process,
+// not one per client: call it once, at start-up; the last call wins.
+func UseLogger(log *slog.Logger) {
+	redis.SetLogger(logger{log})
+}
+
+// logger adapts a *slog.Logger to go-redis's logging interface.
+type logger struct{ log *slog.Logger }
+
+func (l logger) Printf(ctx context.Context, format string, v ...any) {
+	msg := strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: ")
+	l.log.WarnContext(ctx, msg, "component", "go-redis")
 }

@@ -1,8 +1,13 @@
 package redisclient
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -121,5 +126,67 @@ func TestNew_AStalledRedisCostsAnOperationItsDeadline(t *testing.T) {
 	// deadline can end the read this early.
 	if took > time.Second {
 		t.Errorf("the operation took %v with a deadline of %v: the deadline did not bound the read (%v)", took, timeout, err)
+	}
+}
+
+// lockedBuffer is a log destination that go-redis's goroutines may write
+// to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// With Redis down, go-redis logs each failed dial itself. Through
+// UseLogger those lines are JSON like the service's own, at warn level
+// and marked as go-redis's, not plain text on stderr.
+func TestUseLogger_GoRedisLinesAreStructured(t *testing.T) {
+	var logs lockedBuffer
+	UseLogger(slog.New(slog.NewJSONHandler(&logs, nil)))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "redis://" + ln.Addr().String() + "/0"
+	ln.Close() // nothing listens: the dial fails, and go-redis says so
+	c, err := New(Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err == nil {
+		t.Fatal("ping to a closed port succeeded")
+	}
+
+	var dialLines int
+	for line := range strings.Lines(logs.String()) {
+		var entry struct {
+			Level     string `json:"level"`
+			Msg       string `json:"msg"`
+			Component string `json:"component"`
+		}
+		if err := json.Unmarshal([]byte(line), &entry); err != nil {
+			t.Fatalf("a log line that is not JSON: %q (%v)", line, err)
+		}
+		if entry.Component != "go-redis" || entry.Level != "WARN" {
+			t.Errorf("line %q: want component go-redis at WARN", line)
+		}
+		if strings.Contains(entry.Msg, "failed to dial") {
+			dialLines++
+		}
+	}
+	if dialLines == 0 {
+		t.Errorf("no line about the failed dial; logged:\n%s", logs.String())
 	}
 }
