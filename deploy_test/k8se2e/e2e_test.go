@@ -495,7 +495,8 @@ func (s *suite) postgresDown(t *testing.T) {
 			// Why the container before this one ended: the evidence a
 			// restart leaves, gone once the namespace is.
 			previous, _ := s.k.run("logs", p.Name, "--previous", "--tail=40")
-			t.Errorf("%s has restarted %d times; its previous container's last lines:\n%s", p.Name, n, previous)
+			last, _ := s.k.run("get", "pod", p.Name, "-o", "jsonpath={.status.containerStatuses[0].lastState}")
+			t.Errorf("%s has restarted %d times; its previous container ended %s; its last lines:\n%s", p.Name, n, last, previous)
 		}
 	}
 }
