@@ -3,9 +3,13 @@ package postgres
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,8 +60,34 @@ func PrepareSchema(ctx context.Context, pool *sql.DB, migrate bool, log *slog.Lo
 			return err
 		})
 	}
-	return migrator.UpAndLog(ctx, log)
+	// The ping can pass on a connection made a moment earlier while the
+	// next one is refused: a Postgres coming back whose Service has no
+	// ready endpoint yet. A migration cut by a lost connection is rolled
+	// back with its transaction and its advisory lock: apply it again.
+	// Anything else (a failing migration) ends the start-up.
+	return retryUntil(ctx, log, "migrations interrupted: connection to postgres lost", func(ctx context.Context) error {
+		err := migrator.UpAndLog(ctx, log)
+		if err != nil && !lostConnection(err) {
+			return final{err}
+		}
+		return err
+	})
 }
+
+// lostConnection reports whether err is a connection that failed or was
+// cut, rather than an error Postgres answered: a dial refused or timed
+// out, a reset, an unexpected end of stream, a connection the driver gave
+// up on, or a server shutting down or still starting (57P01–57P03).
+func lostConnection(err error) bool {
+	var netErr net.Error
+	return errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || Disqualifies(err)
+}
+
+// final marks an error retryUntil must not retry.
+type final struct{ err error }
+
+func (f final) Error() string { return f.err.Error() }
 
 // UpAndLog applies pending migrations and says what it did.
 func (m *Migrator) UpAndLog(ctx context.Context, log *slog.Logger) error {
@@ -69,8 +99,9 @@ func (m *Migrator) UpAndLog(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
-// retryUntil calls f until it succeeds or ctx ends, backing off from 100ms
-// to 5s with full jitter and logging each failure. The jitter keeps
+// retryUntil calls f until it succeeds, fails with a final error, or ctx
+// ends, backing off from 100ms to 5s with full jitter and logging each
+// failure. The jitter keeps
 // replicas that started together, waiting for the same database, from
 // knocking on it in lockstep when it comes back.
 func retryUntil(ctx context.Context, log *slog.Logger, msg string, f func(context.Context) error) error {
@@ -79,6 +110,9 @@ func retryUntil(ctx context.Context, log *slog.Logger, msg string, f func(contex
 		err := f(ctx)
 		if err == nil {
 			return nil
+		}
+		if fin := (final{}); errors.As(err, &fin) {
+			return fin.err
 		}
 		wait := rand.N(ceiling) + time.Millisecond
 		log.Warn(msg, "err", err, "retry_in", wait)
