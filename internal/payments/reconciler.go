@@ -74,6 +74,10 @@ type Reconciler struct {
 
 	isLeader prometheus.Gauge
 	results  map[string]*prometheus.CounterVec // by kind
+	// The work left processing, by kind, as the leader's last scan left
+	// it; zero on the other replicas, so that max() is the leader's.
+	backlog *prometheus.GaugeVec
+	oldest  *prometheus.GaugeVec
 }
 
 // Reconciliation results, by what happened to stale work.
@@ -109,12 +113,22 @@ func NewReconciler(svc *Service, cfg ReconcilerConfig, reg prometheus.Registerer
 				Help: "Stale processing refunds examined by the reconciler, by result.",
 			}, []string{"result"}),
 		},
+		backlog: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reconciler_backlog",
+			Help: "Payments and refunds processing after the active reconciler's last scan, by kind; 0 on the other replicas.",
+		}, []string{"kind"}),
+		oldest: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reconciler_oldest_seconds",
+			Help: "Seconds since the last attempt of the oldest payment or refund processing after the active reconciler's last scan, by kind; 0 when none, and on the other replicas.",
+		}, []string{"kind"}),
 	}
-	collectors := []prometheus.Collector{r.isLeader}
-	for _, results := range r.results {
+	collectors := []prometheus.Collector{r.isLeader, r.backlog, r.oldest}
+	for kind, results := range r.results {
 		for _, res := range []string{resultSucceeded, resultFailed, resultPending, resultSkipped, resultError} {
 			results.WithLabelValues(res)
 		}
+		r.backlog.WithLabelValues(kind)
+		r.oldest.WithLabelValues(kind)
 		collectors = append(collectors, results)
 	}
 	for _, c := range collectors {
@@ -139,7 +153,7 @@ func (r *Reconciler) Run(ctx context.Context) {
 		if err := r.leader.Resign(ctx); err != nil {
 			r.log.Warn("resign reconciler leadership", "err", err)
 		}
-		r.isLeader.Set(0)
+		r.setLeading(false)
 	}()
 	ticker := time.NewTicker(r.cfg.Every)
 	defer ticker.Stop()
@@ -156,17 +170,14 @@ func (r *Reconciler) Run(ctx context.Context) {
 }
 
 // RunOnce makes one scan of each kind of work if this replica leads, and
-// returns how many it settled.
+// returns how many it settled. The leader then measures what is left.
 func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 	leading, err := r.leader.Lead(ctx)
-	if leading {
-		r.isLeader.Set(1)
-	} else {
-		r.isLeader.Set(0)
-	}
+	r.setLeading(leading)
 	if err != nil || !leading {
 		return 0, err
 	}
+	defer r.measure(ctx) // what the scan leaves, however it ends
 	for _, kind := range []string{KindPayment, KindRefund} {
 		stale, err := r.svc.Store.Stale(ctx, kind, r.cfg.After, r.cfg.Batch)
 		if err != nil {
@@ -193,6 +204,39 @@ func (r *Reconciler) RunOnce(ctx context.Context) (settled int, err error) {
 		}
 	}
 	return settled, nil
+}
+
+// setLeading reports whether this replica leads. A replica that does not
+// reports no backlog: only the leader measures it, and max() across
+// replicas is then the leader's measure.
+func (r *Reconciler) setLeading(leading bool) {
+	if leading {
+		r.isLeader.Set(1)
+		return
+	}
+	r.isLeader.Set(0)
+	for kind := range r.results {
+		r.backlog.WithLabelValues(kind).Set(0)
+		r.oldest.WithLabelValues(kind).Set(0)
+	}
+}
+
+// measure reports the work of each kind left processing. A failure is
+// only logged, the gauges keeping their last values: counting the backlog
+// must not stop the scans that settle it.
+func (r *Reconciler) measure(ctx context.Context) {
+	if ctx.Err() != nil {
+		return // stopping: Run resigns, and zeroes the gauges
+	}
+	for kind := range r.results {
+		n, oldest, err := r.svc.Store.Backlog(ctx, kind)
+		if err != nil {
+			r.log.Warn("measure reconciliation backlog", "kind", kind, "err", err)
+			continue
+		}
+		r.backlog.WithLabelValues(kind).Set(float64(n))
+		r.oldest.WithLabelValues(kind).Set(oldest.Seconds())
+	}
 }
 
 // verdict is what a lookup found: the final state to settle with, and

@@ -19,9 +19,15 @@ import (
 
 func newReconciler(t *testing.T, f fixture, grace time.Duration) *payments.Reconciler {
 	t.Helper()
+	return newReconcilerOn(t, f, grace, prometheus.NewRegistry())
+}
+
+// newReconcilerOn is newReconciler with its metrics in reg.
+func newReconcilerOn(t *testing.T, f fixture, grace time.Duration, reg prometheus.Registerer) *payments.Reconciler {
+	t.Helper()
 	r, err := payments.NewReconciler(f.svc, payments.ReconcilerConfig{
 		Every: time.Hour, After: time.Millisecond, Grace: grace, Batch: 10, Timeout: 5 * time.Second,
-	}, prometheus.NewRegistry())
+	}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +166,7 @@ func TestReconciler_LeavesAPaymentARetryIsDriving(t *testing.T) {
 	if settled, err := r.RunOnce(context.Background()); err != nil || settled != 0 {
 		t.Fatalf("RunOnce = %d, %v; a held payment must be left to its holder", settled, err)
 	}
-	if n := counterValue(t, reg, "reconciler_payments_total", "skipped"); n != 1 {
+	if n := metricValue(t, reg, "reconciler_payments_total", "skipped"); n != 1 {
 		t.Errorf("skipped = %v, want 1", n)
 	}
 	if n := lookups.Load(); n != 0 {
@@ -188,8 +194,9 @@ func (r *retryArrives) FindCharge(ctx context.Context, key string) (provider.Cha
 	return r.Provider.FindCharge(ctx, key)
 }
 
-// counterValue reads one labelled counter from reg.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, result string) float64 {
+// metricValue reads the counter or gauge of reg named name whose label
+// has the value label.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -201,14 +208,92 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, result string) f
 		}
 		for _, m := range fam.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetValue() == result {
-					return m.GetCounter().GetValue()
+				if l.GetValue() == label {
+					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 				}
 			}
 		}
 	}
-	t.Fatalf("no %s{result=%q}", name, result)
+	t.Fatalf("no %s with a label %q", name, label)
 	return 0
+}
+
+// The leader reports what each scan leaves processing, of each kind; a
+// replica that does not lead, or stops leading, reports none, so that
+// max() across replicas is the leader's measure.
+func TestReconciler_OnlyTheLeaderReportsTheBacklog(t *testing.T) {
+	f := newFixture(t, "", 2*time.Second)
+	ctx := context.Background()
+	// Settled work is no backlog; work the provider never did stays
+	// processing for the grace period (a day, here).
+	paidFor := paid(t, f, "paid", 1000)
+	p := leftProcessing(t, f, "k", 1000, fakeprovider.Faults{ErrorRate: 1})
+	if err := f.fake.SetFaults(fakeprovider.Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _, err := f.refund(ctx, paidFor.ID, "r", 300); err != nil || resp.Status != http.StatusAccepted {
+		t.Fatalf("a refund answered 503: %d (%v); want 202, processing", resp.Status, err)
+	}
+	f.fake.ResetFaults()
+	// Their last attempts: the payment's an hour ago, the refund's ten
+	// minutes ago.
+	if _, err := f.pool.Exec(`UPDATE idempotency_keys SET attempted_at = now() - CASE kind
+		WHEN 'payment' THEN interval '1 hour' ELSE interval '10 minutes' END
+		WHERE response_status IS NULL`); err != nil {
+		t.Fatal(err)
+	}
+	left := map[string]time.Duration{payments.KindPayment: time.Hour, payments.KindRefund: 10 * time.Minute}
+	regA, regB := prometheus.NewRegistry(), prometheus.NewRegistry()
+	a, b := newReconcilerOn(t, f, 24*time.Hour, regA), newReconcilerOn(t, f, 24*time.Hour, regB)
+	wantBacklog(t, "a, before any scan", regA, nil)
+
+	if settled, err := a.RunOnce(ctx); err != nil || settled != 0 {
+		t.Fatalf("a.RunOnce = %d, %v; want nothing settled within the grace period", settled, err)
+	}
+	wantBacklog(t, "a, leading", regA, left)
+	if _, err := b.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantBacklog(t, "b, while a leads", regB, nil)
+
+	// a's session dies (a network cut): b takes over, and a, finding its
+	// lock gone, stops reporting.
+	if _, err := f.pool.Exec(`SELECT pg_terminate_backend(pid, 5000) FROM pg_locks
+		WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantBacklog(t, "b, leading after a died", regB, left)
+	if _, err := a.RunOnce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantBacklog(t, "a, after losing the lead", regA, nil)
+
+	// b stops: it resigns, and stops reporting.
+	b.Run(cancelled())
+	wantBacklog(t, "b, after resigning", regB, nil)
+	if got, _ := f.svc.Get(ctx, "client_a", p.ID); got.Status != payments.StatusProcessing {
+		t.Errorf("the payment became %s within the grace period", got.Status)
+	}
+}
+
+// wantBacklog checks that reg reports, for each kind, one processing
+// resource last attempted left ago (within a minute, the test's own time),
+// or nothing for the kinds left does not name.
+func wantBacklog(t *testing.T, who string, reg *prometheus.Registry, left map[string]time.Duration) {
+	t.Helper()
+	for _, kind := range []string{payments.KindPayment, payments.KindRefund} {
+		age, pending := left[kind]
+		n, oldest := metricValue(t, reg, "reconciler_backlog", kind), metricValue(t, reg, "reconciler_oldest_seconds", kind)
+		switch {
+		case !pending && (n != 0 || oldest != 0):
+			t.Errorf("%s: %s backlog %v, oldest %vs; want none reported", who, kind, n, oldest)
+		case pending && (n != 1 || oldest < age.Seconds() || oldest > (age+time.Minute).Seconds()):
+			t.Errorf("%s: %s backlog %v, oldest %vs; want 1, %v old", who, kind, n, oldest, age)
+		}
+	}
 }
 
 func cancelled() context.Context {

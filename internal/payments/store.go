@@ -72,6 +72,9 @@ type Store interface {
 	Stale(ctx context.Context, kind string, age time.Duration, limit int) ([]idempotency.Claim, error)
 	// Take takes a stale key's lease for the reconciler.
 	Take(ctx context.Context, c *idempotency.Claim) error
+	// Backlog counts the pending keys of kind, stale or not, and says how
+	// long ago the oldest attempt among them was made (0 if none).
+	Backlog(ctx context.Context, kind string) (pending int, oldest time.Duration, err error)
 
 	// Payment returns the client's payment; ErrNotFound if none.
 	Payment(ctx context.Context, clientID, id string) (Payment, error)

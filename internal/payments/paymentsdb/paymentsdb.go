@@ -297,6 +297,11 @@ func (s *Store) Take(ctx context.Context, c *idempotency.Claim) error {
 	return s.keys.Take(ctx, s.primary, c)
 }
 
+// Backlog counts kind's pending keys and ages their oldest attempt.
+func (s *Store) Backlog(ctx context.Context, kind string) (pending int, oldest time.Duration, err error) {
+	return s.keys.Backlog(ctx, s.primary, kind)
+}
+
 // Payment returns the client's payment by id. It reads the replica first
 // and falls back to the primary when the replica fails or does not have
 // the row yet: a client that just created a payment must be able to read

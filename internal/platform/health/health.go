@@ -4,12 +4,15 @@ package health
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resiliencekit/payservice/internal/platform/web"
 )
@@ -61,6 +64,14 @@ type Health struct {
 	running chan struct{}     // closed when the round in progress ends; nil if none
 	now     func() time.Time
 	joined  func() // test hook: a caller waits for the round in progress
+
+	// The last report's verdict, once there has been one (under mu).
+	reported, wasReady bool
+
+	// Metrics, kept whether or not Register exports them.
+	ready   prometheus.GaugeFunc
+	changes prometheus.Counter
+	up      *prometheus.GaugeVec // by check
 }
 
 // checkFreshness is how long a round of checks answers readiness probes.
@@ -70,8 +81,45 @@ const checkFreshness = time.Second
 
 // New returns a Health running checks, each bounded by timeout.
 func New(timeout time.Duration, log *slog.Logger, checks ...Check) *Health {
-	return &Health{checks: checks, timeout: timeout, log: log, last: make(map[string]string, len(checks)),
+	h := &Health{checks: checks, timeout: timeout, log: log, last: make(map[string]string, len(checks)),
 		now: time.Now, joined: func() {}}
+	h.ready = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "health_ready",
+		Help: "1 while the last readiness report said ready and the service is not shutting down.",
+	}, func() float64 {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		// Shutting down counts at once, not from the next report: the
+		// last probe may have come already.
+		if h.wasReady && !h.shuttingDown.Load() {
+			return 1
+		}
+		return 0
+	})
+	h.changes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "health_ready_changes_total",
+		Help: "Times a readiness report's verdict differed from the previous report's.",
+	})
+	h.up = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "health_check_up",
+		Help: "1 if the readiness check passed in its last round, optional checks included; 0 if it failed or has not run yet.",
+	}, []string{"check"})
+	for _, c := range checks {
+		h.up.WithLabelValues(c.Name)
+	}
+	return h
+}
+
+// Register exports the readiness verdict, its changes, and each check's
+// last result to reg, as health_ready, health_ready_changes_total and
+// health_check_up{check}.
+func (h *Health) Register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{h.ready, h.changes, h.up} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("health metrics: %w", err)
+		}
+	}
+	return nil
 }
 
 // SetMigrated records that the schema is at the version this binary needs.
@@ -173,7 +221,18 @@ func (h *Health) report(ctx context.Context) (bool, healthBody) {
 	if !ready {
 		body.Status = "unavailable"
 	}
+	h.record(ready)
 	return ready, body
+}
+
+// record keeps ready as the last report's verdict, counting a change.
+func (h *Health) record(ready bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.reported && ready != h.wasReady {
+		h.changes.Inc()
+	}
+	h.reported, h.wasReady = true, ready
 }
 
 // check returns the checks' latest results: those of a round that ended
@@ -217,6 +276,11 @@ func (h *Health) check(ctx context.Context) ([]error, error) {
 	wg.Wait()
 	for i, c := range h.checks {
 		h.logChange(c, results[i])
+		up := 0.0
+		if results[i] == nil {
+			up = 1
+		}
+		h.up.WithLabelValues(c.Name).Set(up)
 	}
 
 	h.mu.Lock()

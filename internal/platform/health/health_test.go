@@ -10,11 +10,14 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // refused is the error a dial to a closed port gives, address included.
@@ -222,4 +225,99 @@ func TestHealthReadyDetailed_ShowsDetailsOnlyThere(t *testing.T) {
 			t.Errorf("details = %v, want %v (an empty detail left out)", body.Details, want)
 		}
 	}
+}
+
+// The metrics follow the readiness reports: health_ready is the last
+// verdict (0 at once when shutting down), health_ready_changes_total
+// counts the verdicts that differ from the one before, and
+// health_check_up says how each check, optional or not, last fared.
+func TestHealthMetrics_FollowTheReports(t *testing.T) {
+	var pgErr, redisErr error
+	h := New(time.Second, slog.New(slog.DiscardHandler),
+		Check{Name: "postgres", Probe: func(context.Context) error { return pgErr }},
+		Check{Name: "redis", Optional: true, Probe: func(context.Context) error { return redisErr }})
+	reg := prometheus.NewRegistry()
+	if err := h.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	// Each probe comes after the last round has gone stale: each runs the
+	// checks.
+	now := time.Unix(0, 0)
+	h.now = func() time.Time { now = now.Add(checkFreshness); return now }
+	probe := func() { h.Ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil)) }
+
+	steps := []struct {
+		name        string
+		do          func()
+		ready       float64
+		changes     float64
+		pgUp, rdsUp float64
+	}{
+		{"before any report", func() {}, 0, 0, 0, 0},
+		{"migrations pending: the first report is no change", probe, 0, 0, 1, 1},
+		{"migrated", func() { h.SetMigrated(); probe() }, 1, 1, 1, 1},
+		{"ready again: no change", probe, 1, 1, 1, 1},
+		{"redis down: degraded, still ready", func() { redisErr = refused; probe() }, 1, 1, 1, 0},
+		{"postgres down too", func() { pgErr = refused; probe() }, 0, 2, 0, 0},
+		{"both back", func() { pgErr, redisErr = nil, nil; probe() }, 1, 3, 1, 1},
+		{"shutting down, before any probe", h.SetShuttingDown, 0, 3, 1, 1},
+		{"shutting down, reported", probe, 0, 4, 1, 1},
+	}
+	for _, s := range steps {
+		s.do()
+		got := []float64{
+			metricValue(t, reg, "health_ready", ""), metricValue(t, reg, "health_ready_changes_total", ""),
+			metricValue(t, reg, "health_check_up", "postgres"), metricValue(t, reg, "health_check_up", "redis"),
+		}
+		if want := []float64{s.ready, s.changes, s.pgUp, s.rdsUp}; !slices.Equal(got, want) {
+			t.Errorf("%s: ready, changes, postgres up, redis up = %v, want %v", s.name, got, want)
+		}
+	}
+}
+
+// A replica's first report, ready or not, changes nothing: only a flip
+// between two reports does.
+func TestHealthMetrics_TheFirstReportIsNoChange(t *testing.T) {
+	for _, migrated := range []bool{false, true} {
+		h := New(time.Second, slog.New(slog.DiscardHandler), Check{Name: "postgres", Probe: probe(nil)})
+		reg := prometheus.NewRegistry()
+		if err := h.Register(reg); err != nil {
+			t.Fatal(err)
+		}
+		if migrated {
+			h.SetMigrated()
+		}
+		h.Ready(httptest.NewRecorder(), httptest.NewRequest(http.MethodGet, "/health/ready", nil))
+		if n := metricValue(t, reg, "health_ready_changes_total", ""); n != 0 {
+			t.Errorf("migrated=%v: %v changes after the first report, want 0", migrated, n)
+		}
+	}
+}
+
+// metricValue is the value of the gauge or counter of reg named name, of
+// the series whose check label is check ("": the only series).
+func metricValue(t *testing.T, reg *prometheus.Registry, name, check string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			label := ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "check" {
+					label = l.GetValue()
+				}
+			}
+			if label == check {
+				return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{check=%q} in the registry", name, check)
+	return 0
 }

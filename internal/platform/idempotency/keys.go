@@ -328,6 +328,21 @@ func (k *Keys) Stale(ctx context.Context, q Querier, kind string, age time.Durat
 	return stale, rows.Err()
 }
 
+// Backlog counts kind's pending keys, stale or not, and ages their oldest
+// attempt (0 if none) by the database's clock, which every replica
+// shares. The pending keys' partial index serves it: its cost is the
+// backlog's size, not the table's.
+func (k *Keys) Backlog(ctx context.Context, q Querier, kind string) (pending int, oldest time.Duration, err error) {
+	var seconds float64
+	err = q.QueryRowContext(ctx, `
+		SELECT count(*), coalesce(extract(epoch FROM now() - min(attempted_at)), 0)
+		FROM idempotency_keys WHERE kind = $1 AND response_status IS NULL`, kind).Scan(&pending, &seconds)
+	if err != nil {
+		return 0, 0, fmt.Errorf("backlog of %s keys: %w", kind, err)
+	}
+	return pending, time.Duration(seconds * float64(time.Second)), nil
+}
+
 // Take takes the lease of a pending key nobody holds, without recording an
 // attempt: for a reconciler, which only looks the work's outcome up. It
 // sets c's token and At; ErrLeaseLost if another holds the key or it is

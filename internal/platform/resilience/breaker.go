@@ -76,6 +76,16 @@ func NewBreaker(s BreakerSettings, classify func(error) Outcome, reg prometheus.
 		Help:        "Circuit breaker state changes, by previous and new state.",
 		ConstLabels: prometheus.Labels{"name": s.Name},
 	}, []string{"from", "to"})
+	// Every transition gobreaker makes, from zero: the first opening is
+	// then an increase a rate (and an alert) sees, not a series appearing.
+	for _, t := range [][2]gobreaker.State{
+		{gobreaker.StateClosed, gobreaker.StateOpen},
+		{gobreaker.StateOpen, gobreaker.StateHalfOpen},
+		{gobreaker.StateHalfOpen, gobreaker.StateClosed},
+		{gobreaker.StateHalfOpen, gobreaker.StateOpen},
+	} {
+		transitions.WithLabelValues(t[0].String(), t[1].String())
+	}
 
 	b := &Breaker{classify: classify, probes: uint32(s.HalfOpenProbes)}
 	b.cb = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{

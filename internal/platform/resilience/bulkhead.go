@@ -98,6 +98,11 @@ func NewBulkhead(s BulkheadSettings, reg prometheus.Registerer) (*Bulkhead, erro
 			Name: "bulkhead_rejections_total", Help: "Work refused by the bulkhead, by reason (full, closed).", ConstLabels: labels,
 		}, []string{"reason"}),
 	}
+	// Every reason from zero: a rate over a series that appears only at
+	// the first refusal misses that refusal, and alerts on it start late.
+	for _, reason := range []string{"full", "closed"} {
+		b.rejections.WithLabelValues(reason)
+	}
 	if err := registerAll(reg, b.inFlightGauge, b.queueGauge, b.rejections); err != nil {
 		return nil, fmt.Errorf("bulkhead %s metrics: %w", name, err)
 	}
