@@ -189,17 +189,24 @@ func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 // accessLog logs one line per request. A status of 0 means nothing was
 // written: the client went away while the provider was delaying its answer,
 // so whatever was decided — possibly a charge or refund — stands unheard.
+// A request that carries a trace context (a traced payservice sends one)
+// has its trace_id logged, so the line and the caller's trace find each
+// other.
 func accessLog(logger *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
 		next.ServeHTTP(rec, r)
-		logger.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		attrs := []slog.Attr{
 			slog.String("method", r.Method),
 			slog.String("path", r.URL.Path),
 			slog.Int("status", rec.status),
 			slog.Duration("duration", time.Since(start)),
-		)
+		}
+		if id := fakeprovider.TraceID(r.Header); id != "" {
+			attrs = append(attrs, slog.String("trace_id", id))
+		}
+		logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	})
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/server"
+	"github.com/resiliencekit/payservice/internal/platform/tracing"
 	"github.com/resiliencekit/payservice/internal/platform/web"
 )
 
@@ -43,6 +44,7 @@ type Config struct {
 
 	LogLevel  slog.Level
 	LogFormat string
+	Tracing   tracing.Config
 }
 
 // Default returns the configuration every variable defaults to.
@@ -62,6 +64,7 @@ func Default() Config {
 		AnonymousLimit: resilience.LimiterSettings{Name: "anonymous", PerSecond: 5, Burst: 20, MaxKeys: 100_000},
 		LogLevel:       slog.LevelInfo,
 		LogFormat:      "json",
+		Tracing:        tracing.DefaultConfig(Name),
 	}
 }
 
@@ -94,6 +97,7 @@ func (c *Config) Bind(b *config.Binder) {
 
 	b.LogLevel("LOG_LEVEL", &c.LogLevel, "debug, info, warn or error")
 	b.OneOf("LOG_FORMAT", &c.LogFormat, []string{"json", "text"}, "json or text")
+	c.Tracing.Bind(b)
 
 	// The provider's protections once had names of their own, from when
 	// it was the only dependency with any.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/resiliencekit/payservice/api"
 	"github.com/resiliencekit/payservice/internal/payments"
@@ -28,6 +29,7 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/redisclient"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
 	"github.com/resiliencekit/payservice/internal/platform/server"
+	"github.com/resiliencekit/payservice/internal/platform/tracing"
 	"github.com/resiliencekit/payservice/internal/platform/web"
 )
 
@@ -56,15 +58,26 @@ var migrations = []postgres.Migrations{idempotency.Migrations, paymentsdb.Migrat
 // gracefully (server.Run says how, and within what bounds). Each step
 // builds one part from the configuration and the parts before it.
 func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, version string) error {
+	return serve(ctx, getenv, stdout, version, nil)
+}
+
+// serve is Serve, its spans exported to export instead when it is not nil
+// and tracing is on: tests keep them in memory.
+func serve(ctx context.Context, getenv func(string) string, stdout io.Writer, version string, export sdktrace.SpanExporter) error {
 	cfg, deprecated, err := Load(getenv)
 	if err != nil {
 		return err
 	}
 	log := NewLogger(cfg, stdout)
-	log.Info("starting "+Name, "version", version, "config", cfg)
+	log.Info("starting "+Name, "version", version, "tracing", cfg.Tracing.Describe(), "config", cfg)
 	for _, w := range deprecated {
 		log.Warn(w)
 	}
+	// Nil, and every part below untraced, unless configured.
+	traces := tracing.New(cfg.Tracing, version, export, log)
+	// The shutdown exports what is left (Finish, below); this is for a
+	// return before it, and then does nothing.
+	defer func() { _ = traces.Shutdown(context.Background()) }()
 
 	registry := prometheus.NewRegistry()
 	registry.MustRegister(
@@ -75,7 +88,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 	// payservice_breaker_state, payservice_http_requests_total, ...
 	reg := prometheus.WrapRegistererWithPrefix(Name+"_", registry)
 
-	primary, replica, err := postgres.OpenPools(cfg.Postgres, registry)
+	primary, replica, err := postgres.OpenPools(cfg.Postgres, traces.Provider(), registry)
 	if err != nil {
 		return err
 	}
@@ -97,6 +110,10 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	defer rdb.Close()
+	redisclient.Trace(rdb, traces.Provider())
+	if err := reg.Register(redisclient.NewPoolCollector(rdb)); err != nil {
+		return fmt.Errorf("redis pool metrics: %w", err)
+	}
 	redisBreaker, err := resilience.NewBreaker(withName(cfg.Redis.Breaker, "redis"), idempotency.RedisOutcome, reg, log)
 	if err != nil {
 		return err
@@ -118,7 +135,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		LockTTL: cfg.RequestTimeout + cfg.Idempotency.SettleTimeout,
 	}
 
-	charges, protections, err := provider.New(cfg.Provider, reg, log)
+	charges, protections, err := provider.New(cfg.Provider, traces.Provider(), reg, log)
 	if err != nil {
 		return err
 	}
@@ -159,6 +176,9 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		// replica out of the load balancer at once.
 		health.Check{Name: "redis", Optional: true, Probe: func(ctx context.Context) error { return rdb.Ping(ctx).Err() }},
 	)
+	if err := probes.Register(reg); err != nil {
+		return err
+	}
 	// Off (nil) unless configured: the pod is then Ready on its probes
 	// alone.
 	var gate *readinessgate.Gate
@@ -181,6 +201,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 		RequestTimeout: cfg.RequestTimeout,
 		ProblemTypes:   problemTypes,
 		OpenAPI:        api.Spec,
+		Tracer:         traces.Provider(),
 	}, paymentsapi.Routes(paymentsapi.Config{Service: svc, Guard: guard, Log: log}))
 
 	// Bind before serving: a port conflict fails start-up with a clear
@@ -242,7 +263,7 @@ func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, ve
 				return fmt.Errorf("provider calls abandoned (%d in flight, %d queued); their payments stay processing for a retry or the reconciler: %w", inFlight, queued, err)
 			}
 			return nil
-		}},
+		}, traces.Shutdown}, // last: it exports the spans of the work above
 		Drain:   cfg.Shutdown.Drain,
 		Timeout: cfg.Shutdown.Timeout,
 		Log:     log,
@@ -265,11 +286,16 @@ func closePools(log *slog.Logger, pools ...*sql.DB) {
 	}
 }
 
-// NewLogger returns the service's logger, as configured.
+// NewLogger returns the service's logger, as configured. Traced, a line
+// logged with a request's context names its trace (trace_id, span_id).
 func NewLogger(cfg Config, w io.Writer) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	if cfg.Tracing.Enabled() {
+		h = tracing.LogHandler(h)
+	}
+	return slog.New(h)
 }

@@ -161,7 +161,7 @@ func (s *Service) claimFailed(ctx context.Context, c idempotency.Claim, err erro
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
 	if uerr := s.Store.Unclaim(record, c); uerr != nil {
-		s.Log.Error("undo a claim whose outcome was lost", "key", c.Key, "err", uerr)
+		s.Log.ErrorContext(ctx, "undo a claim whose outcome was lost", "key", c.Key, "err", uerr)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, err)
 }
@@ -209,14 +209,14 @@ func (s *Service) charge(ctx context.Context, c idempotency.Claim, p Payment, re
 		// It may have charged. The payment stays processing, and the
 		// lease is released so that a retry or the reconciler can settle
 		// it at once: same provider key, so it can only find this charge.
-		s.Log.Warn("provider outcome unknown; payment stays processing", "payment_id", p.ID, "err", err)
+		s.Log.WarnContext(ctx, "provider outcome unknown; payment stays processing", "payment_id", p.ID, "err", err)
 		return s.pending(ctx, c, p, requestID)
 	case ch.Status == provider.ChargeSucceeded:
 		p.Status, p.ProviderChargeID = StatusSucceeded, ch.ID
 	case ch.Status == provider.ChargeDeclined:
 		p.Status, p.ProviderChargeID, p.FailureCode = StatusFailed, ch.ID, ch.Code
 	default:
-		s.Log.Error("provider answered an unknown charge status; payment stays processing", "payment_id", p.ID, "status", ch.Status)
+		s.Log.ErrorContext(ctx, "provider answered an unknown charge status; payment stays processing", "payment_id", p.ID, "status", ch.Status)
 		return s.pending(ctx, c, p, requestID)
 	}
 	p.UpdatedAt = clock.now()
@@ -241,12 +241,12 @@ func (s *Service) charge(ctx context.Context, c idempotency.Claim, p Payment, re
 		// holder drives the payment, and meets the same charge. (Or the
 		// key's record is gone: a failover to a replica that had not
 		// received the claim. Then only this log line knows the charge.)
-		s.Log.Warn("lease lost before recording the provider's answer", "payment_id", p.ID, "charge_id", p.ProviderChargeID, "status", p.Status)
+		s.Log.WarnContext(ctx, "lease lost before recording the provider's answer", "payment_id", p.ID, "charge_id", p.ProviderChargeID, "status", p.Status)
 		return idempotency.Response{}, idempotency.ErrInFlight
 	case err != nil:
 		// The provider has answered but we could not record it: the
 		// payment stays processing until a retry or the reconciler.
-		s.Log.Error("record provider answer", "payment_id", p.ID, "err", err)
+		s.Log.ErrorContext(ctx, "record provider answer", "payment_id", p.ID, "err", err)
 		p.Status, p.ProviderChargeID, p.FailureCode = StatusProcessing, "", ""
 		return s.pending(ctx, c, p, requestID)
 	case stored != nil:
@@ -272,14 +272,14 @@ func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, req
 	case errors.Is(err, provider.ErrNotSent):
 		return idempotency.Response{}, s.notSent(ctx, c, err)
 	case err != nil:
-		s.Log.Warn("provider outcome unknown; refund stays processing", "refund_id", r.ID, "err", err)
+		s.Log.WarnContext(ctx, "provider outcome unknown; refund stays processing", "refund_id", r.ID, "err", err)
 		return s.pendingRefund(ctx, c, r, requestID)
 	case rf.Status == provider.RefundSucceeded:
 		r.Status, r.ProviderRefundID = StatusSucceeded, rf.ID
 	case rf.Status == provider.RefundRefused:
 		r.Status, r.FailureCode = StatusFailed, rf.Code
 	default:
-		s.Log.Error("provider answered an unknown refund status; refund stays processing", "refund_id", r.ID, "status", rf.Status)
+		s.Log.ErrorContext(ctx, "provider answered an unknown refund status; refund stays processing", "refund_id", r.ID, "status", rf.Status)
 		return s.pendingRefund(ctx, c, r, requestID)
 	}
 	r.UpdatedAt = clock.now()
@@ -295,10 +295,10 @@ func (s *Service) refund(ctx context.Context, c idempotency.Claim, r Refund, req
 	}, settleOutcomes...)
 	switch {
 	case errors.Is(err, idempotency.ErrLeaseLost):
-		s.Log.Warn("lease lost before recording the provider's answer", "refund_id", r.ID, "provider_refund_id", r.ProviderRefundID, "status", r.Status)
+		s.Log.WarnContext(ctx, "lease lost before recording the provider's answer", "refund_id", r.ID, "provider_refund_id", r.ProviderRefundID, "status", r.Status)
 		return idempotency.Response{}, idempotency.ErrInFlight
 	case err != nil:
-		s.Log.Error("record provider answer", "refund_id", r.ID, "err", err)
+		s.Log.ErrorContext(ctx, "record provider answer", "refund_id", r.ID, "err", err)
 		r.Status, r.ProviderRefundID, r.FailureCode = StatusProcessing, "", ""
 		return s.pendingRefund(ctx, c, r, requestID)
 	case stored != nil:
@@ -340,11 +340,11 @@ func (s *Service) notSent(ctx context.Context, c idempotency.Claim, cause error)
 		// happened under this id. Forget it, so the client's retry
 		// starts afresh.
 		if err := s.Store.Abandon(record, c); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
-			s.Log.Error("abandon unsent work", "key", c.Key, "err", err)
+			s.Log.ErrorContext(ctx, "abandon unsent work", "key", c.Key, "err", err)
 		}
 	} else if err := s.Store.Release(record, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
 		// Resumed: an earlier attempt may have reached the provider. Keep it.
-		s.Log.Error("release lease", "key", c.Key, "err", err)
+		s.Log.ErrorContext(ctx, "release lease", "key", c.Key, "err", err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, cause)
 }
@@ -367,7 +367,7 @@ func (s *Service) release(ctx context.Context, c idempotency.Claim) {
 	record, cancel := s.recordBudget(ctx)
 	defer cancel()
 	if err := s.Store.Release(record, c, false); err != nil && !errors.Is(err, idempotency.ErrLeaseLost) {
-		s.Log.Error("release lease", "key", c.Key, "err", err)
+		s.Log.ErrorContext(ctx, "release lease", "key", c.Key, "err", err)
 	}
 }
 

@@ -29,6 +29,11 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	oteltrace "go.opentelemetry.io/otel/trace"
 )
 
 // Charge statuses the provider answers with.
@@ -140,13 +145,18 @@ type Config struct {
 	BaseURL        string        // e.g. http://fakeprovider:8081
 	AttemptTimeout time.Duration // bound on one HTTP exchange
 	HTTPClient     *http.Client  // optional; its Timeout is ignored in favour of AttemptTimeout
+	// Propagator, when set, traces the exchanges: each request carries the
+	// trace context of its ctx (a traceparent header), and the span in
+	// its ctx, if recording (Resilient's attempt), gets the HTTP details.
+	Propagator propagation.TextMapPropagator
 }
 
 // Client calls the provider's HTTP API, one attempt per call.
 type Client struct {
-	base    *url.URL
-	http    *http.Client
-	timeout time.Duration
+	base       *url.URL
+	http       *http.Client
+	timeout    time.Duration
+	propagator propagation.TextMapPropagator // nil: not traced
 }
 
 // NewClient returns a client for the provider at cfg.BaseURL.
@@ -165,7 +175,7 @@ func NewClient(cfg Config) (*Client, error) {
 		t.MaxIdleConnsPerHost = 64
 		hc = &http.Client{Transport: t}
 	}
-	return &Client{base: base, http: hc, timeout: cfg.AttemptTimeout}, nil
+	return &Client{base: base, http: hc, timeout: cfg.AttemptTimeout, propagator: cfg.Propagator}, nil
 }
 
 // Charge asks the provider to charge. It returns the charge (succeeded or
@@ -282,6 +292,10 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 		req.Header = http.Header{}
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.propagator != nil {
+		c.propagator.Inject(attemptCtx, propagation.HeaderCarrier(req.Header))
+		oteltrace.SpanFromContext(ctx).SetAttributes(requestAttributes(req)...)
+	}
 
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -296,6 +310,9 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 		return &Error{Op: op, Sent: sent.Load(), Timeout: timeout, Err: err}
 	}
 	defer resp.Body.Close()
+	if c.propagator != nil {
+		oteltrace.SpanFromContext(ctx).SetAttributes(semconv.HTTPResponseStatusCode(resp.StatusCode))
+	}
 
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 	if err != nil {
@@ -323,6 +340,23 @@ func (c *Client) do(ctx context.Context, op, method, path string, header http.He
 		Sent: problem.Code != CodeExpired,
 		Err:  fmt.Errorf("unexpected answer: %s", snippet(data)),
 	}
+}
+
+// requestAttributes describe req for its span, as OpenTelemetry's HTTP
+// conventions name them; the query, which holds idempotency keys, is left
+// out of the URL.
+func requestAttributes(req *http.Request) []attribute.KeyValue {
+	u := *req.URL
+	u.RawQuery = ""
+	attrs := []attribute.KeyValue{
+		semconv.HTTPRequestMethodKey.String(req.Method),
+		semconv.URLFull(u.Redacted()),
+		semconv.ServerAddress(u.Hostname()),
+	}
+	if port, err := strconv.Atoi(u.Port()); err == nil {
+		attrs = append(attrs, semconv.ServerPort(port))
+	}
+	return attrs
 }
 
 // parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date

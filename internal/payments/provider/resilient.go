@@ -8,6 +8,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/resiliencekit/payservice/internal/platform/config"
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
@@ -29,9 +34,20 @@ import (
 //
 // Resilient has the same methods as Client: the payments service takes
 // either and cannot tell.
+//
+// Traced (New with a tracer provider), each attempt gets a client span,
+// "provider charge" and so on, as the attempt's HTTP request's parent in
+// the provider's trace. Its attributes say how the protections treated
+// it: resilience.attempt (1 for the first), resilience.breaker.state as
+// the attempt met the breaker, resilience.bulkhead.wait_seconds (the
+// call's wait for a bulkhead slot), and, when it failed, provider.sent
+// (whether it may have reached the provider). An attempt the breaker
+// refused has its span too; a call refused before any attempt (bulkhead
+// full, no quota or time left) has none: the server span's answer says so.
 type Resilient struct {
 	client *Client
 	p      resilience.Protections
+	tracer trace.Tracer // nil: not traced
 }
 
 // NewResilient wraps c in p.
@@ -61,10 +77,19 @@ func (s *Settings) Bind(b *config.Binder) {
 	s.Protections.Bind(b)
 }
 
+// tracerName names the spans' instrumentation scope.
+const tracerName = "github.com/resiliencekit/payservice/internal/payments/provider"
+
 // New returns the provider's client behind its protections, and the
-// protections (a shutdown drains their bulkhead).
-func New(s Settings, reg prometheus.Registerer, log *slog.Logger) (*Resilient, resilience.Protections, error) {
-	client, err := NewClient(Config{BaseURL: s.URL, AttemptTimeout: s.Timeout})
+// protections (a shutdown drains their bulkhead). With tp not nil, its
+// attempts are traced, and carry their trace context to the provider;
+// only the W3C trace context, not baggage: the provider is a third party.
+func New(s Settings, tp trace.TracerProvider, reg prometheus.Registerer, log *slog.Logger) (*Resilient, resilience.Protections, error) {
+	cfg := Config{BaseURL: s.URL, AttemptTimeout: s.Timeout}
+	if tp != nil {
+		cfg.Propagator = propagation.TraceContext{}
+	}
+	client, err := NewClient(cfg)
 	if err != nil {
 		return nil, resilience.Protections{}, err
 	}
@@ -72,7 +97,11 @@ func New(s Settings, reg prometheus.Registerer, log *slog.Logger) (*Resilient, r
 	if err != nil {
 		return nil, resilience.Protections{}, err
 	}
-	return NewResilient(client, p), p, nil
+	r := NewResilient(client, p)
+	if tp != nil {
+		r.tracer = tp.Tracer(tracerName)
+	}
+	return r, p, nil
 }
 
 // Charge is Client.Charge behind the protections. Its errors keep the
@@ -150,12 +179,23 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 	// Set by the attempt, read after Submit returns: the work runs on this
 	// goroutine, within Submit.
 	mayHaveSent := false
+	var queued time.Time // when the call joined the bulkhead; only for a span
+	if r.tracer != nil {
+		queued = time.Now()
+	}
 	err := r.p.Bulkhead.Submit(ctx, func(ctx context.Context) error {
+		var waited time.Duration
+		if r.tracer != nil {
+			waited = time.Since(queued)
+		}
 		if err := r.waitForQuota(ctx); err != nil {
 			return err
 		}
+		n := 0
 		return r.p.Retrier.Do(ctx, func(ctx context.Context) error {
-			return r.p.Breaker.Execute(ctx, func(ctx context.Context) error {
+			n++
+			ctx, span := r.startAttempt(ctx, op, n, waited)
+			err := r.p.Breaker.Execute(ctx, func(ctx context.Context) error {
 				err := attempt(ctx)
 				var perr *Error
 				if errors.As(err, &perr) && perr.Sent {
@@ -163,6 +203,8 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 				}
 				return err
 			})
+			endAttempt(span, err)
+			return err
 		})
 	})
 	if err == nil {
@@ -180,6 +222,36 @@ func (r *Resilient) call(ctx context.Context, op string, attempt func(context.Co
 	}
 	// Refused by a protection before any attempt: nothing was sent.
 	return &Error{Op: op, Err: err}
+}
+
+// startAttempt starts the span of attempt n of op, or returns a nil span
+// when r is not traced.
+func (r *Resilient) startAttempt(ctx context.Context, op string, n int, waited time.Duration) (context.Context, trace.Span) {
+	if r.tracer == nil {
+		return ctx, nil
+	}
+	attrs := []attribute.KeyValue{
+		attribute.Int("resilience.attempt", n),
+		attribute.String("resilience.breaker.state", r.p.Breaker.State()),
+		attribute.Float64("resilience.bulkhead.wait_seconds", waited.Seconds()),
+	}
+	if n > 1 {
+		attrs = append(attrs, semconv.HTTPRequestResendCount(n-1))
+	}
+	return r.tracer.Start(ctx, "provider "+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+}
+
+// endAttempt ends the span of an attempt, if any, that ended with err.
+func endAttempt(span trace.Span, err error) {
+	if span == nil {
+		return
+	}
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		var perr *Error
+		span.SetAttributes(attribute.Bool("provider.sent", errors.As(err, &perr) && perr.Sent))
+	}
+	span.End()
 }
 
 // waitForQuota waits for the egress limit, but only while a whole attempt

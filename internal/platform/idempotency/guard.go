@@ -127,7 +127,7 @@ func Handle[T any](g *Guard, route Route[T]) http.HandlerFunc {
 				writeInFlight(w, r)
 				return
 			case err != nil:
-				g.degraded("begin", err)
+				g.degraded(r.Context(), "begin", err)
 			case stored != nil:
 				g.Metrics.Observe(OutcomeReplay)
 				WriteResponse(w, *stored)
@@ -157,7 +157,7 @@ func Handle[T any](g *Guard, route Route[T]) http.HandlerFunc {
 		}
 		// Detached: the client may be gone; the lock must still go.
 		if err := g.Cache.Finish(context.WithoutCancel(r.Context()), req, lock, final); err != nil {
-			g.degraded("finish", err)
+			g.degraded(r.Context(), "finish", err)
 		}
 	}
 }
@@ -178,10 +178,10 @@ func routeOf(r *http.Request, pattern string) string {
 	return pattern
 }
 
-func (g *Guard) degraded(op string, err error) {
+func (g *Guard) degraded(ctx context.Context, op string, err error) {
 	g.Metrics.cacheErrors.Inc()
 	if !errors.Is(err, resilience.ErrBreakerOpen) { // logged once, when it opened
-		g.Log.Warn("idempotency fast path unavailable; using Postgres", "op", op, "err", err)
+		g.Log.WarnContext(ctx, "idempotency fast path unavailable; using Postgres", "op", op, "err", err)
 	}
 }
 

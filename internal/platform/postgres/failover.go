@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // After a failover, the connections a pool holds are the problem: they
@@ -28,14 +29,20 @@ import (
 // write reached the old primary before it went away is not this layer's to
 // guess. (The at-most-once design makes that retry the caller's: the same
 // Idempotency-Key claims or replays the same record.)
-type failoverConnector struct{ driver.Connector }
+//
+// The same wrapper records the statements' spans when the pool is traced
+// (tracing.go): it already sits where every statement passes.
+type failoverConnector struct {
+	driver.Connector
+	tracer trace.Tracer // nil: no spans
+}
 
 func (c failoverConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	cn, err := c.Connector.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &failoverConn{Conn: cn}, nil
+	return &failoverConn{Conn: cn, tracer: c.tracer}, nil
 }
 
 // Disqualifies reports whether err means the connection it came from
@@ -108,6 +115,7 @@ func RetryFailover[T any](ctx context.Context, op func(context.Context) (T, erro
 type failoverConn struct {
 	driver.Conn
 	disqualified atomic.Bool
+	tracer       trace.Tracer
 }
 
 func (c *failoverConn) note(err error) error {
@@ -118,12 +126,16 @@ func (c *failoverConn) note(err error) error {
 }
 
 func (c *failoverConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	ctx, span := startSpan(ctx, c.tracer, query)
 	res, err := c.Conn.(driver.ExecerContext).ExecContext(ctx, query, args)
+	endSpan(span, err)
 	return res, c.note(err)
 }
 
 func (c *failoverConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	ctx, span := startSpan(ctx, c.tracer, query)
 	rows, err := c.Conn.(driver.QueryerContext).QueryContext(ctx, query, args)
+	endSpan(span, err)
 	return rows, c.note(err)
 }
 
@@ -137,15 +149,17 @@ func (c *failoverConn) PrepareContext(ctx context.Context, query string) (driver
 	if !execCtx || !queryCtx {
 		return st, nil // lib/pq's COPY statement: it has no context methods to wrap
 	}
-	return &failoverStmt{Stmt: st, conn: c}, nil
+	return &failoverStmt{Stmt: st, conn: c, query: query}, nil
 }
 
 func (c *failoverConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
-	tx, err := c.Conn.(driver.ConnBeginTx).BeginTx(ctx, opts)
+	spanCtx, span := startSpan(ctx, c.tracer, "BEGIN")
+	tx, err := c.Conn.(driver.ConnBeginTx).BeginTx(spanCtx, opts)
+	endSpan(span, err)
 	if err != nil {
 		return nil, c.note(err)
 	}
-	return &failoverTx{Tx: tx, conn: c}, nil
+	return &failoverTx{Tx: tx, conn: c, ctx: ctx}, nil
 }
 
 func (c *failoverConn) Ping(ctx context.Context) error {
@@ -173,23 +187,38 @@ func (c *failoverConn) CheckNamedValue(nv *driver.NamedValue) error {
 type failoverTx struct {
 	driver.Tx
 	conn *failoverConn
+	// ctx is the one the transaction began with, the parent of the spans
+	// of its end: driver.Tx's Commit and Rollback take no context.
+	ctx context.Context
 }
 
-func (t *failoverTx) Commit() error   { return t.conn.note(t.Tx.Commit()) }
-func (t *failoverTx) Rollback() error { return t.conn.note(t.Tx.Rollback()) }
+func (t *failoverTx) Commit() error   { return t.end("COMMIT", t.Tx.Commit) }
+func (t *failoverTx) Rollback() error { return t.end("ROLLBACK", t.Tx.Rollback) }
+
+func (t *failoverTx) end(op string, end func() error) error {
+	_, span := startSpan(t.ctx, t.conn.tracer, op)
+	err := end()
+	endSpan(span, err)
+	return t.conn.note(err)
+}
 
 type failoverStmt struct {
 	driver.Stmt
-	conn *failoverConn
+	conn  *failoverConn
+	query string // for its spans
 }
 
 func (s *failoverStmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	ctx, span := startSpan(ctx, s.conn.tracer, s.query)
 	res, err := s.Stmt.(driver.StmtExecContext).ExecContext(ctx, args)
+	endSpan(span, err)
 	return res, s.conn.note(err)
 }
 
 func (s *failoverStmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	ctx, span := startSpan(ctx, s.conn.tracer, s.query)
 	rows, err := s.Stmt.(driver.StmtQueryContext).QueryContext(ctx, args)
+	endSpan(span, err)
 	return rows, s.conn.note(err)
 }
 

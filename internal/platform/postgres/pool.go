@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/lib/pq"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/resiliencekit/payservice/internal/platform/config"
 )
@@ -53,7 +54,10 @@ type PoolConfig struct {
 // (postgres://u:p@pg-a:5432,pg-b:5432/db?target_session_attrs=read-write):
 // new connections then go to whichever host takes writes, and a connection
 // that meets a demoted or departing server is discarded, not reused.
-func Open(url string, cfg PoolConfig) (*sql.DB, error) {
+func Open(url string, cfg PoolConfig) (*sql.DB, error) { return open(url, cfg, nil) }
+
+// open is Open, recording spans with tp when it is not nil (tracing.go).
+func open(url string, cfg PoolConfig, tp trace.TracerProvider) (*sql.DB, error) {
 	pc, err := pq.NewConfig(multiHostURL(url))
 	if err != nil {
 		// Not err: lib/pq may quote the URL, and URLs carry passwords.
@@ -66,7 +70,11 @@ func Open(url string, cfg PoolConfig) (*sql.DB, error) {
 	if err != nil {
 		return nil, errors.New("open postgres pool: the URL's settings are not valid")
 	}
-	pool := sql.OpenDB(failoverConnector{connector})
+	c := failoverConnector{Connector: connector}
+	if tp != nil {
+		c.tracer = tp.Tracer(tracerName)
+	}
+	pool := sql.OpenDB(c)
 	pool.SetMaxOpenConns(cfg.MaxOpenConns)
 	pool.SetMaxIdleConns(cfg.MaxIdleConns)
 	pool.SetConnMaxLifetime(cfg.ConnMaxLifetime)

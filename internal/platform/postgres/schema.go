@@ -14,13 +14,15 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // OpenPools opens the primary pool and, if configured, the replica's, and
 // exports their statistics as metrics (go_sql_*, labelled primary and
-// replica). replica is nil without a replica URL.
-func OpenPools(c Config, reg prometheus.Registerer) (primary, replica *sql.DB, err error) {
-	primary, err = Open(c.URL, c.Pool)
+// replica). replica is nil without a replica URL. With tp not nil, the
+// statements run within a recording span get spans of their own.
+func OpenPools(c Config, tp trace.TracerProvider, reg prometheus.Registerer) (primary, replica *sql.DB, err error) {
+	primary, err = open(c.URL, c.Pool, tp)
 	if err != nil {
 		return nil, nil, fmt.Errorf("DATABASE_URL: %w", err)
 	}
@@ -28,7 +30,7 @@ func OpenPools(c Config, reg prometheus.Registerer) (primary, replica *sql.DB, e
 	if c.ReplicaURL == "" {
 		return primary, nil, nil
 	}
-	replica, err = Open(c.ReplicaURL, c.Pool)
+	replica, err = open(c.ReplicaURL, c.Pool, tp)
 	if err != nil {
 		primary.Close()
 		return nil, nil, fmt.Errorf("DATABASE_REPLICA_URL: %w", err)

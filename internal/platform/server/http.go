@@ -22,7 +22,9 @@ func NewAdminHandler(gatherer prometheus.Gatherer, ready http.HandlerFunc) http.
 	if ready != nil {
 		mux.HandleFunc("GET /health/ready", ready)
 	}
-	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	// OpenMetrics, to a scraper that asks for it, shows exemplars: a
+	// latency bucket's last traced request.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{EnableOpenMetrics: true}))
 	// Registered by hand on our own mux: importing net/http/pprof also
 	// registers on http.DefaultServeMux, which nothing here serves.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

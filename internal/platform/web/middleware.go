@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/resiliencekit/payservice/internal/platform/resilience"
+	"github.com/resiliencekit/payservice/internal/platform/tracing"
 )
 
 type ctxKey int
@@ -82,6 +84,12 @@ func newRequestID() string {
 	return hex.EncodeToString(b)
 }
 
+// LatencyBuckets are the bounds, in seconds, of the request latency
+// histogram. A latency SLO's threshold must be one of them
+// (observability/slos.yaml): a rule can count only the requests under a
+// bound.
+var LatencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
 // httpMetrics are the RED metrics of the public API.
 type httpMetrics struct {
 	requests *prometheus.CounterVec
@@ -97,7 +105,7 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "http_request_duration_seconds",
 			Help:    "HTTP request latency, by route pattern, method and status code.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+			Buckets: LatencyBuckets,
 		}, []string{"route", "method", "code"}),
 	}
 	reg.MustRegister(m.requests, m.duration)
@@ -119,18 +127,28 @@ func observe(log *slog.Logger, m *httpMetrics) func(http.Handler) http.Handler {
 				if status == 0 { // the handler wrote nothing: net/http sends 200
 					status = http.StatusOK
 				}
-				route := "unmatched"
-				if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
-					route = rc.RoutePattern()
-				}
 				method := r.Method
 				if !knownMethod(method) {
 					method = "OTHER"
 				}
+				pattern := ""
+				if rc := chi.RouteContext(r.Context()); rc != nil {
+					pattern = rc.RoutePattern()
+				}
+				tracing.Answered(r.Context(), method, pattern, status)
+				route := cmp.Or(pattern, "unmatched")
 				elapsed := time.Since(start)
 				code := strconv.Itoa(status)
 				m.requests.WithLabelValues(route, method, code).Inc()
-				m.duration.WithLabelValues(route, method, code).Observe(elapsed.Seconds())
+				latency := m.duration.WithLabelValues(route, method, code)
+				if traceID, ok := tracing.TraceID(r.Context()); ok {
+					// Scraped as OpenMetrics, a bucket shows the trace of
+					// a request it counted: from a slow bucket to a slow
+					// request.
+					latency.(prometheus.ExemplarObserver).ObserveWithExemplar(elapsed.Seconds(), prometheus.Labels{"trace_id": traceID})
+				} else {
+					latency.Observe(elapsed.Seconds())
+				}
 				log.LogAttrs(r.Context(), slog.LevelInfo, "http request",
 					slog.String("request_id", RequestID(r.Context())),
 					slog.String("method", r.Method),
