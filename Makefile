@@ -16,7 +16,7 @@ API_KEYS     ?= dev_client:dev_key_do_not_use_in_production
 
 .PHONY: help
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## build bin/server and bin/fakeprovider
@@ -60,8 +60,10 @@ test: ## run every test (unit + integration, manifests and compose) with -race
 
 # The service and the two side modules (deploy_test, bench), each vetted
 # and checked by golangci-lint with .golangci.yml (staticcheck and a few
-# bug-class linters; see there). The tag k8se2e takes the Kubernetes suite
-# in too. actionlint checks the GitHub workflow as GitHub reads it.
+# bug-class linters; see there). The tags k8se2e and prometheus take the
+# Kubernetes suite and the live observability test in too. actionlint
+# checks the GitHub workflow as GitHub reads it; rules-test (promtool)
+# the Prometheus rules.
 # golangci-lint and actionlint run at the versions pinned here, built by
 # `go run` outside every module: as `tool`s of go.mod their modules would
 # join the service's module graph, raise the versions the service builds
@@ -71,16 +73,34 @@ MODULES := . deploy_test bench
 GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 ACTIONLINT    := github.com/rhysd/actionlint/cmd/actionlint@v1.7.12
 .PHONY: lint
-lint: ## gofmt check, go vet, golangci-lint in every module, actionlint
+lint: rules-test ## gofmt check, go vet, golangci-lint in every module, actionlint, promtool
 	$(call need-modules,$(MODULES))
 	$(GO) run $(ACTIONLINT) .github/workflows/ci.yml
 	@unformatted=$$(gofmt -l .); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	@for m in $(MODULES); do \
 		echo "vet + golangci-lint: $$m"; \
-		(cd $$m && GOFLAGS=-tags=k8se2e $(GO) vet ./... && \
+		(cd $$m && GOFLAGS=-tags=k8se2e,prometheus $(GO) vet ./... && \
 			$(GO) run $(GOLANGCI_LINT) run --config '$(CURDIR)/.golangci.yml' ./...) || exit 1; \
 	done
+
+# The observability files (Prometheus rules, their SLO unit tests, the
+# Grafana dashboard) are generated from observability/: slos.yaml,
+# alerts.go, dashboard.go. A test in `make test` fails while one is stale.
+.PHONY: generate
+generate: ## regenerate observability/'s rules, rule tests and dashboard
+	$(GO) run ./internal/tools/obsgen
+
+# promtool (Prometheus's own checker; Debian and Ubuntu ship it in the
+# prometheus package): the rules must load, and their unit tests
+# (observability/prometheus/tests) pass: every alert fires on the traffic
+# it is for and stays quiet on the rest, the low-traffic guard included.
+PROMTOOL ?= promtool
+.PHONY: rules-test
+rules-test: ## check the Prometheus rules and run their unit tests (promtool)
+	@command -v $(PROMTOOL) >/dev/null || { echo "make $@: $(PROMTOOL) not found: install Prometheus's tools (apt-get install prometheus) or set PROMTOOL" >&2; exit 1; }
+	$(PROMTOOL) check rules observability/prometheus/rules.yml
+	cd observability/prometheus && $(PROMTOOL) test rules tests/*_test.yml
 
 # Known vulnerabilities the service's code reaches (govulncheck), from the
 # Go vulnerability database GOVULNDB (vuln.go.dev, or a copy of it as
@@ -169,6 +189,17 @@ smoke: ## check a running stack (docker compose up) end to end
 .PHONY: compose-e2e
 compose-e2e: ## build, docker compose up, make smoke, tear down
 	.ci/compose-e2e.sh
+
+# The dashboard's and the rules' queries against the running service
+# (cmd/server/observability_test.go): the server under a load that takes
+# each protection through its states, scraped by a real Prometheus, and
+# every query of every panel and rule must return data. It needs Docker, as
+# make test does, and prometheus on PATH (apt-get install prometheus): the
+# build tag prometheus keeps it out of make test, which then needs no
+# Prometheus.
+.PHONY: observability-e2e
+observability-e2e: ## every dashboard and rule query returns data from the live service
+	$(GO) test -race -count=1 -tags prometheus -run 'TestObservability' $(TESTFLAGS) ./cmd/server/
 
 # GO_IMAGE and RUNTIME_IMAGE (environment or `make image GO_IMAGE=…`) replace
 # the base images, e.g. with a mirror's; unset, the Dockerfile's defaults

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/resiliencekit/payservice/observability"
 )
 
 // The evaluation of a run, on synthetic experiments: what counts as a
@@ -554,4 +556,26 @@ func indexes(all, some []sample) []int {
 
 func equalRates(a, b map[string]float64) bool {
 	return maps.EqualFunc(a, b, func(v, w float64) bool { return math.Abs(v-w) < 1e-9 })
+}
+
+// TestServiceSLO_IsTheOneSLOsYAMLDeclares checks that the game day holds
+// runs to the objectives the alerts and the dashboard use, not numbers of
+// its own.
+func TestServiceSLO_IsTheOneSLOsYAMLDeclares(t *testing.T) {
+	got, err := serviceSLO()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := observability.SLOByName(availabilitySLO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := observability.SLOByName(latencySLO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SLO{Availability: a.Objective / 100, P99: time.Duration(l.Threshold)}
+	if got.P99 != want.P99 || math.Abs(got.Availability-want.Availability) > 1e-12 {
+		t.Errorf("serviceSLO() = %+v, want %+v from slos.yaml", got, want)
+	}
 }

@@ -91,6 +91,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Started: time.Now().UTC(), Mode: mode, Command: strings.Join(append([]string{"go run ./cmd/gameday"}, args[1:]...), " "),
 		Machine: fmt.Sprintf("%d CPUs, %s/%s, %s", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version()),
 	}
+	slo, err := serviceSLO()
+	if err != nil {
+		return err
+	}
 	env, err := startEnv(ctx, filepath.Join(dir, "logs"), baseConfig, log)
 	defer func() {
 		if err := env.Close(); err != nil {
@@ -108,7 +112,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 
 	acked := newAcks()
 	var aborted error
-	for _, s := range scenarios() {
+	for _, s := range scenarios(slo) {
 		if !filter.MatchString(s.Name) {
 			continue
 		}

@@ -300,7 +300,8 @@ func writeRun(b *strings.Builder, r *Run) {
 	if r.Neutralise != "" {
 		fmt.Fprintf(b, "- **Neutralised:** %s\n", codeSpan(r.Neutralise))
 	}
-	fmt.Fprintf(b, "- **SLO:** availability %s%%, p99 %s\n", percentText(r.SLO.Availability), latencyText(r.SLO.P99))
+	fmt.Fprintf(b, "- **SLO:** availability %s%%, p99 %s (observability/slos.yaml: %s, %s)\n",
+		percentText(r.SLO.Availability), latencyText(r.SLO.P99), availabilitySLO, latencySLO)
 	fmt.Fprintf(b, "- **Fault window:** %s to %s from the start of the run, which lasted %s\n\n",
 		offsetText(r.FaultStart), offsetText(r.FaultEnd), offsetText(r.End))
 	fmt.Fprintf(b, "![timeline](%s)\n\n", plotFileName(r))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/resiliencekit/payservice/observability"
 )
 
 // baseConfig is the instances' configuration for every scenario: the
@@ -42,20 +44,43 @@ const (
 // calls a second, under a fifth of its capacity.
 const baseRate = 20
 
-// defaultSLO: 99% of requests do not fail, 99% answer within 500 ms.
-var defaultSLO = SLO{Availability: 0.99, P99: 500 * time.Millisecond}
+// The objectives every run is held to: the service's own, for creating a
+// payment (most of the load), as observability/slos.yaml declares them
+// for its alerts and dashboard.
+const (
+	availabilitySLO = "create-payment-availability"
+	latencySLO      = "create-payment-latency"
+)
+
+// serviceSLO reads the game day's objective from slos.yaml: availability,
+// and the latency threshold as the p99 bound, which the latency SLO must
+// then be (99% of requests within it).
+func serviceSLO() (SLO, error) {
+	a, err := observability.SLOByName(availabilitySLO)
+	if err != nil {
+		return SLO{}, err
+	}
+	l, err := observability.SLOByName(latencySLO)
+	if err != nil {
+		return SLO{}, err
+	}
+	if a.SLI != observability.Availability || l.SLI != observability.Latency || l.Objective != 99 {
+		return SLO{}, fmt.Errorf("slos.yaml: the game day needs %s to be an availability SLO and %s a latency SLO of 99%% (its threshold is the p99 bound)", availabilitySLO, latencySLO)
+	}
+	return SLO{Availability: a.Ratio(), P99: time.Duration(l.Threshold)}, nil
+}
 
 // scenarios are the game day's experiments, in the order they run. The
 // failover is last: it leaves the standby as the only server.
-func scenarios() []Scenario {
+func scenarios(slo SLO) []Scenario {
 	return []Scenario{
-		providerOutage(), providerErrors(), providerSlow(), overload(),
-		postgresDegraded(), redisDown(), instanceKilled(), rollingRestart(),
-		replicaLag(), failover(),
+		providerOutage(slo), providerErrors(slo), providerSlow(slo), overload(slo),
+		postgresDegraded(slo), redisDown(slo), instanceKilled(slo), rollingRestart(slo),
+		replicaLag(slo), failover(slo),
 	}
 }
 
-func providerOutage() Scenario {
+func providerOutage(slo SLO) Scenario {
 	return Scenario{
 		Name: "provider-outage", Title: "The provider stops answering",
 		Fault: "the provider's connections go silent: requests reach nothing and no answer comes (a black hole)",
@@ -64,7 +89,7 @@ func providerOutage() Scenario {
 			"in milliseconds (503 with Retry-After) instead of each waiting out PROVIDER_TIMEOUT per attempt; " +
 			"the payments whose outcome is unknown answer 202 and are settled by the reconciler; when the " +
 			"provider is back, payments succeed again within 3 s.",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "breaker", NeutraliseText: "PROVIDER_BREAKER_MIN_REQUESTS=100000 (its maximum): the breaker never trips",
 		Neutralise: map[string]string{"PROVIDER_BREAKER_MIN_REQUESTS": "100000"},
 		Inject: func(ctx context.Context, x *experiment) error {
@@ -84,14 +109,14 @@ func providerOutage() Scenario {
 	}
 }
 
-func providerErrors() Scenario {
+func providerErrors(slo SLO) Scenario {
 	return Scenario{
 		Name: "provider-errors", Title: "The provider flaps",
 		Fault: "the provider refuses connections 200 ms out of every 500 ms (its proxy stopped, cutting the connections open, and started again)",
 		Hypothesis: "Retries recover part of the failed calls, but the retry budget keeps the attempts per " +
 			"call within its law, 1 + 20% + (1 a second per instance × seconds + a reserve of 2 per " +
 			"instance) / calls: a failing dependency is not hit much harder than the traffic hits the service.",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "retry budget", NeutraliseText: "PROVIDER_RETRY_BUDGET_RATIO=10, _MIN_PER_SECOND and _CAPACITY 100000: every failed attempt is retried",
 		Neutralise: map[string]string{
 			"PROVIDER_RETRY_BUDGET_RATIO": "10", "PROVIDER_RETRY_BUDGET_MIN_PER_SECOND": "100000",
@@ -120,7 +145,7 @@ func providerErrors() Scenario {
 	}
 }
 
-func providerSlow() Scenario {
+func providerSlow(slo SLO) Scenario {
 	const hold = 700 * time.Millisecond
 	return Scenario{
 		Name: "provider-slow", Title: "The provider slows down",
@@ -128,7 +153,7 @@ func providerSlow() Scenario {
 		Hypothesis: "The bulkhead keeps the calls in flight within what the provider can serve (2 per " +
 			"instance, 2 waiting) and refuses the excess at once, so the calls it lets through finish " +
 			"within PROVIDER_TIMEOUT: at most 10% of the payments sent during the fault end unknown (202).",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "bulkhead", NeutraliseText: "PROVIDER_BULKHEAD_CONCURRENCY=10000, PROVIDER_BULKHEAD_QUEUE=100000",
 		Neutralise: map[string]string{"PROVIDER_BULKHEAD_CONCURRENCY": "10000", "PROVIDER_BULKHEAD_QUEUE": "100000"},
 		Inject: func(ctx context.Context, x *experiment) error {
@@ -152,7 +177,7 @@ func providerSlow() Scenario {
 	}
 }
 
-func overload() Scenario {
+func overload(slo SLO) Scenario {
 	const (
 		capacity = 10.0               // provider calls a second: 1 slot, 100 ms each
 		steady   = 8.0                // requests a second: about 6 provider calls
@@ -163,7 +188,7 @@ func overload() Scenario {
 		Fault: "the load rises to 3 times what the provider can serve (1 call at once, 100 ms each: 10 a second)",
 		Hypothesis: "Goodput holds near the provider's capacity (at least 70% of it) while the excess is " +
 			"refused fast (p50 of 503s ≤ 250 ms), and charged payments keep a p99 under 1.5 s.",
-		SLO: defaultSLO,
+		SLO: slo,
 		Env: map[string]string{
 			"PROVIDER_BULKHEAD_CONCURRENCY": "1", "PROVIDER_BULKHEAD_QUEUE": "1",
 			"PROVIDER_RATE_LIMIT": "5", "PROVIDER_RATE_BURST": "2",
@@ -203,13 +228,13 @@ func overload() Scenario {
 	}
 }
 
-func postgresDegraded() Scenario {
+func postgresDegraded(slo SLO) Scenario {
 	return Scenario{
 		Name: "postgres-degraded", Title: "Postgres slows down, then resets connections",
 		Fault: "100 ms more on every Postgres packet, then 30% of Postgres connections reset",
 		Hypothesis: "Requests slow down or fail cleanly (503, never a 500 or a hang); replays of answered " +
 			"requests are still served from Redis in milliseconds; no acknowledged payment is lost.",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "idempotency fast path", NeutraliseText: "REDIS_URL pointed at a closed port: every key is checked in Postgres",
 		Neutralise: map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"},
 		Inject: func(ctx context.Context, x *experiment) error {
@@ -230,13 +255,13 @@ func postgresDegraded() Scenario {
 	}
 }
 
-func redisDown() Scenario {
+func redisDown(slo SLO) Scenario {
 	return Scenario{
 		Name: "redis-down", Title: "Redis is killed, comes back empty, and is flushed",
 		Fault: "Redis's container is killed; a third of the fault window later it starts again, empty; a third later it is flushed",
 		Hypothesis: "Readiness says degraded, not down (no instance leaves the balancer); payments go on " +
 			"through Postgres alone with the SLO held; no key is charged twice after Redis forgot it.",
-		SLO: defaultSLO,
+		SLO: slo,
 		Inject: func(ctx context.Context, x *experiment) error {
 			third := x.phases.Fault / 3
 			if err := x.env.StopRedis(ctx); err != nil {
@@ -281,13 +306,13 @@ func redisDown() Scenario {
 	}
 }
 
-func instanceKilled() Scenario {
+func instanceKilled(slo SLO) Scenario {
 	return Scenario{
 		Name: "instance-killed", Title: "An instance is killed mid-load",
 		Fault: "instance b gets SIGKILL; it is started again halfway through the fault window",
 		Hypothesis: "Only the requests in flight on b fail; their clients' retries with the same key succeed " +
 			"on a; the reconciler settles what b left processing; no key is charged twice.",
-		SLO: defaultSLO,
+		SLO: slo,
 		Inject: func(ctx context.Context, x *experiment) error {
 			b := x.env.Apps()[1]
 			if err := b.stop(ctx, true); err != nil {
@@ -314,13 +339,13 @@ func instanceKilled() Scenario {
 	}
 }
 
-func rollingRestart() Scenario {
+func rollingRestart(slo SLO) Scenario {
 	return Scenario{
 		Name: "rolling-restart", Title: "A rolling restart under load",
 		Fault: "each instance in turn gets SIGTERM, drains, exits and is started again",
 		Hypothesis: "Zero failed requests: readiness turns not-ready at SIGTERM, the balancer stops " +
 			"sending within a probe, and the drain delay lets in-flight and late requests finish.",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "drain delay", NeutraliseText: "SHUTDOWN_DRAIN_DELAY=0s: the listener closes at SIGTERM",
 		Neutralise: map[string]string{"SHUTDOWN_DRAIN_DELAY": "0s"},
 		Inject: func(ctx context.Context, x *experiment) error {
@@ -346,14 +371,14 @@ func rollingRestart() Scenario {
 	}
 }
 
-func replicaLag() Scenario {
+func replicaLag(slo SLO) Scenario {
 	return Scenario{
 		Name: "replica-lag", Title: "The read replica falls behind",
 		Fault: "the standby pauses replay (pg_wal_replay_pause): it stops applying what it receives",
 		Hypothesis: "Within DATABASE_REPLICA_MAX_LAG (1 s) reads move to the primary: no read shows a payment " +
 			"without a refund acknowledged more than 1 s before it; younger writes may not show yet, which " +
 			"is what bounded staleness allows.",
-		SLO:     defaultSLO,
+		SLO:     slo,
 		Pattern: "replica staleness bound", NeutraliseText: "DATABASE_REPLICA_MAX_LAG=1h: the replica keeps every read however far behind",
 		Neutralise: map[string]string{"DATABASE_REPLICA_MAX_LAG": "1h"},
 		Inject: func(ctx context.Context, x *experiment) error {
@@ -381,13 +406,13 @@ func resumeReplay(db *sql.DB) {
 	_, _ = db.ExecContext(ctx, `SELECT pg_wal_replay_resume()`)
 }
 
-func failover() Scenario {
+func failover(slo SLO) Scenario {
 	return Scenario{
 		Name: "postgres-failover", Title: "The Postgres primary dies and the standby is promoted",
 		Fault: "the primary's container is killed; 1 s later the standby is promoted (pg_promote)",
 		Hypothesis: "Writes resume within 3 s of the promotion; no acknowledged payment is lost " +
 			"(replication is synchronous); keys retried across the failover are charged once.",
-		SLO: defaultSLO,
+		SLO: slo,
 		Inject: func(ctx context.Context, x *experiment) error {
 			if err := x.env.KillPrimary(ctx); err != nil {
 				return err
