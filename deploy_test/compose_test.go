@@ -2,10 +2,14 @@ package deploytest
 
 import (
 	"cmp"
+	"io/fs"
 	"maps"
+	"net"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -69,8 +73,30 @@ func TestCompose_RunsExactlyTheLocalStack(t *testing.T) {
 	if want := []string{"app", "fakeprovider", "postgres", "redis"}; !slices.Equal(got, want) {
 		t.Errorf("services %v, want %v", got, want)
 	}
-	if got := slices.Sorted(maps.Keys(p.DisabledServices)); !slices.Equal(got, []string{"postgres-replica"}) {
-		t.Errorf("services behind profiles %v, want only postgres-replica: `docker compose up` must start the whole stack", got)
+	if got, want := slices.Sorted(maps.Keys(p.DisabledServices)), []string{"grafana", "postgres-replica", "prometheus"}; !slices.Equal(got, want) {
+		t.Errorf("services behind profiles %v, want only %v: `docker compose up` must start the whole stack", got, want)
+	}
+}
+
+// Each profile adds its own services and nothing else.
+func TestCompose_ProfilesAddTheirServices(t *testing.T) {
+	base := slices.Collect(maps.Keys(loadCompose(t, nil).Services))
+	tests := []struct {
+		profile string
+		adds    []string
+	}{
+		{"replica", []string{"postgres-replica"}},
+		{"observability", []string{"grafana", "prometheus"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.profile, func(t *testing.T) {
+			got := slices.Sorted(maps.Keys(loadCompose(t, nil, tt.profile).Services))
+			want := append(slices.Clone(base), tt.adds...)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Errorf("services %v, want %v", got, want)
+			}
+		})
 	}
 }
 
@@ -129,29 +155,74 @@ func TestCompose_HasNoVersionAttribute(t *testing.T) {
 }
 
 func TestCompose_ImagesAreOverridableFromTheEnvironment(t *testing.T) {
+	official := map[string]string{
+		"postgres":   "postgres:17-alpine",
+		"redis":      "redis:7-alpine",
+		"prometheus": "prom/prometheus:v3.13.2",
+		"grafana":    "grafana/grafana:13.2.0",
+	}
 	tests := []struct {
-		name            string
-		env             map[string]string
-		postgres, redis string
+		name string
+		env  map[string]string
+		want map[string]string // service: image
 	}{
-		{"unset: the official images", nil, "postgres:17-alpine", "redis:7-alpine"},
-		{"empty: the official images", map[string]string{"POSTGRES_IMAGE": "", "REDIS_IMAGE": ""}, "postgres:17-alpine", "redis:7-alpine"},
+		{"unset: the official images", nil, official},
+		{
+			"empty: the official images",
+			map[string]string{"POSTGRES_IMAGE": "", "REDIS_IMAGE": "", "PROMETHEUS_IMAGE": "", "GRAFANA_IMAGE": ""},
+			official,
+		},
 		{
 			"set: a mirror or a stand-in",
-			map[string]string{"POSTGRES_IMAGE": "mirror.example/postgres:17.5", "REDIS_IMAGE": "mirror.example/redis:7.4"},
-			"mirror.example/postgres:17.5", "mirror.example/redis:7.4",
+			map[string]string{
+				"POSTGRES_IMAGE": "mirror.example/postgres:17.5", "REDIS_IMAGE": "mirror.example/redis:7.4",
+				"PROMETHEUS_IMAGE": "payservice-standin/prometheus:2", "GRAFANA_IMAGE": "mirror.example/grafana:13.2.0",
+			},
+			map[string]string{
+				"postgres": "mirror.example/postgres:17.5", "redis": "mirror.example/redis:7.4",
+				"prometheus": "payservice-standin/prometheus:2", "grafana": "mirror.example/grafana:13.2.0",
+			},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := loadCompose(t, tt.env)
-			if got := service(t, p, "postgres").Image; got != tt.postgres {
-				t.Errorf("postgres image %q, want %q", got, tt.postgres)
-			}
-			if got := service(t, p, "redis").Image; got != tt.redis {
-				t.Errorf("redis image %q, want %q", got, tt.redis)
+			p := loadCompose(t, tt.env, "observability")
+			for _, name := range slices.Sorted(maps.Keys(tt.want)) {
+				if got := service(t, p, name).Image; got != tt.want[name] {
+					t.Errorf("%s image %q, want %q", name, got, tt.want[name])
+				}
 			}
 		})
+	}
+}
+
+// .ci/run exports the image .ci/offline/images/standins.sh picks: its
+// default, pulled, or a stand-in for it where no registry answers. That
+// overrides compose's default, so the two must agree, or CI would go on
+// running the old image after a bump.
+func TestCompose_OfflineStandinsReplaceComposesDefaultImages(t *testing.T) {
+	const script = "../.ci/offline/images/standins.sh"
+	raw, err := os.ReadFile(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// NAME_OFFICIAL=${VARIABLE:-image}
+	defaults := map[string]string{}
+	for _, m := range regexp.MustCompile(`(?m)^(\w+)_OFFICIAL=\$\{\w+:-([^}]+)\}$`).FindAllStringSubmatch(string(raw), -1) {
+		defaults[m[1]] = m[2]
+	}
+	p := loadCompose(t, nil, "observability")
+	services := map[string]string{"PG": "postgres", "REDIS": "redis", "PROMETHEUS": "prometheus"}
+	for _, name := range slices.Sorted(maps.Keys(services)) {
+		service := services[name]
+		got, ok := defaults[name]
+		if !ok {
+			t.Errorf("%s has no %s_OFFICIAL=${...:-image} line for compose's %s", script, name, service)
+			continue
+		}
+		if want := p.Services[service].Image; got != want {
+			t.Errorf("%s: %s_OFFICIAL defaults to %q, compose's %s to %q", script, name, got, service, want)
+		}
 	}
 }
 
@@ -281,13 +352,7 @@ func TestCompose_PostgresKeepsItsDataInANamedVolume(t *testing.T) {
 }
 
 func TestCompose_AppIsConfiguredForTheLocalStack(t *testing.T) {
-	env := map[string]string{}
-	for k, v := range service(t, loadCompose(t, nil), "app").Environment {
-		env[k] = "" // a name without a value, passed from the shell, is still a name
-		if v != nil {
-			env[k] = *v
-		}
-	}
+	env := serviceEnv(service(t, loadCompose(t, nil), "app"))
 	if env["API_KEYS"] == "" {
 		t.Error("API_KEYS is not set: no client could call the API")
 	}
@@ -303,4 +368,314 @@ func TestCompose_AppIsConfiguredForTheLocalStack(t *testing.T) {
 			t.Errorf("app environment %s is no variable the app reads (server -h lists them): misspelt?", k)
 		}
 	}
+}
+
+// serviceEnv returns a service's environment as the container sees it.
+func serviceEnv(s types.ServiceConfig) map[string]string {
+	env := map[string]string{}
+	for k, v := range s.Environment {
+		env[k] = "" // a name without a value, passed from the shell, is still a name
+		if v != nil {
+			env[k] = *v
+		}
+	}
+	return env
+}
+
+// hostPath returns the file of the checkout that a service's container sees
+// at path p, through the service's bind mounts; false if none mounts it.
+func hostPath(s types.ServiceConfig, p string) (string, bool) {
+	var best types.ServiceVolumeConfig
+	for _, v := range s.Volumes {
+		if v.Type != types.VolumeTypeBind || len(v.Target) <= len(best.Target) {
+			continue
+		}
+		if p == v.Target || strings.HasPrefix(p, strings.TrimSuffix(v.Target, "/")+"/") {
+			best = v
+		}
+	}
+	if best.Target == "" {
+		return "", false
+	}
+	return filepath.Join(best.Source, filepath.FromSlash(strings.TrimPrefix(p, best.Target))), true
+}
+
+// repoPath returns the absolute path of a file of the repository.
+func repoPath(t *testing.T, rel string) string {
+	t.Helper()
+	return filepath.Join(filepath.Dir(composePath(t)), filepath.FromSlash(rel))
+}
+
+// readYAML decodes a YAML file of the repository into v.
+func readYAML(t *testing.T, path string, v any) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(raw, v); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+}
+
+// flag returns the value of --name=value in a command line, or def.
+func flag(cmd []string, name, def string) string {
+	for _, a := range cmd {
+		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
+			return v
+		}
+	}
+	return def
+}
+
+// Nothing but the public API is reachable from beyond this machine (the
+// admin port serves pprof; Grafana and Prometheus have no authentication),
+// and no two services claim one host port.
+func TestCompose_PublishesOnlyTheAPIBeyondLoopback(t *testing.T) {
+	p := loadCompose(t, nil, "replica", "observability")
+	claimed := map[string]string{} // host port: service
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		for _, port := range p.Services[name].Ports {
+			public := name == "app" && port.Target == 8080
+			if port.HostIP != "127.0.0.1" && !public {
+				t.Errorf("%s publishes container port %d on %q, want 127.0.0.1", name, port.Target, port.HostIP)
+			}
+			if other, ok := claimed[port.Published]; ok {
+				t.Errorf("%s and %s both publish host port %s", other, name, port.Published)
+			}
+			claimed[port.Published] = name
+		}
+	}
+}
+
+// What compose mounts from the checkout exists there, and containers
+// cannot change it.
+func TestCompose_BindMountsAreReadOnlyFilesOfTheRepository(t *testing.T) {
+	p := loadCompose(t, nil, "replica", "observability")
+	root := filepath.Dir(composePath(t))
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		for _, v := range p.Services[name].Volumes {
+			if v.Type != types.VolumeTypeBind {
+				continue
+			}
+			if rel, err := filepath.Rel(root, v.Source); err != nil || !filepath.IsLocal(rel) {
+				t.Errorf("%s mounts %s, outside the repository", name, v.Source)
+			}
+			if _, err := os.Stat(v.Source); err != nil {
+				t.Errorf("%s mounts %s at %s: %v", name, v.Source, v.Target, err)
+			}
+			if !v.ReadOnly {
+				t.Errorf("%s mounts %s read-write at %s, want :ro", name, v.Source, v.Target)
+			}
+		}
+	}
+}
+
+// prometheusConfig is the part of prometheus.yml the tests read.
+type prometheusConfig struct {
+	RuleFiles     []string `json:"rule_files"`
+	ScrapeConfigs []struct {
+		JobName       string `json:"job_name"`
+		StaticConfigs []struct {
+			Targets []string `json:"targets"`
+		} `json:"static_configs"`
+	} `json:"scrape_configs"`
+}
+
+// Prometheus reads the repository's configuration, which scrapes the admin
+// port of every service running the server and loads the generated rules.
+func TestCompose_PrometheusScrapesEveryServerAndLoadsTheRules(t *testing.T) {
+	p := loadCompose(t, nil, "replica", "observability")
+	prom := service(t, p, "prometheus")
+	configPath := flag(prom.Command, "config.file", "/etc/prometheus/prometheus.yml")
+	file, ok := hostPath(prom, configPath)
+	if !ok {
+		t.Fatalf("prometheus reads %s, which no bind mount provides", configPath)
+	}
+	if want := repoPath(t, "observability/prometheus/prometheus.yml"); file != want {
+		t.Fatalf("prometheus reads %s from %s, want %s", configPath, file, want)
+	}
+	var cfg prometheusConfig
+	readYAML(t, file, &cfg)
+
+	t.Run("targets", func(t *testing.T) {
+		scraped := map[string]bool{}
+		for _, sc := range cfg.ScrapeConfigs {
+			for _, st := range sc.StaticConfigs {
+				for _, target := range st.Targets {
+					scraped[target] = true
+					host, _, err := net.SplitHostPort(target)
+					if _, ok := p.Services[host]; err != nil || !ok {
+						t.Errorf("job %s scrapes %q, no compose service's host:port", sc.JobName, target)
+					}
+				}
+			}
+		}
+		servers := 0
+		for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+			s := p.Services[name]
+			if s.Build == nil || s.Build.Target != "server" {
+				continue
+			}
+			servers++
+			cfg, _, err := loadConfig(serviceEnv(s))
+			if err != nil {
+				t.Fatalf("%s: the app would refuse its compose environment: %v", name, err)
+			}
+			host, port, err := net.SplitHostPort(cfg.AdminAddr)
+			if err != nil {
+				t.Fatalf("%s: ADMIN_ADDR %q: %v", name, cfg.AdminAddr, err)
+			}
+			if host != "" && host != "0.0.0.0" && host != "::" {
+				t.Errorf("%s: ADMIN_ADDR %q listens on %s only: Prometheus, in its own container, cannot reach it", name, cfg.AdminAddr, host)
+			}
+			if target := net.JoinHostPort(name, port); !scraped[target] {
+				t.Errorf("prometheus.yml does not scrape %s, the admin port of %s (scrapes %v)", target, name, slices.Sorted(maps.Keys(scraped)))
+			}
+		}
+		if servers == 0 {
+			t.Error("no compose service builds the Dockerfile's server target")
+		}
+	})
+
+	t.Run("rules", func(t *testing.T) {
+		want := repoPath(t, "observability/prometheus/rules.yml")
+		loaded := false
+		for _, rf := range cfg.RuleFiles {
+			if !path.IsAbs(rf) {
+				rf = path.Join(path.Dir(configPath), rf) // as Prometheus resolves it
+			}
+			file, ok := hostPath(prom, rf)
+			if !ok {
+				t.Errorf("rule_files names %s, which no bind mount provides", rf)
+				continue
+			}
+			matches, err := filepath.Glob(file)
+			if err != nil || len(matches) == 0 {
+				t.Errorf("rule_files names %s, mounted from %s, where no file is", rf, file)
+			}
+			loaded = loaded || slices.Contains(matches, want)
+		}
+		if !loaded {
+			t.Errorf("rule_files %v does not load %s", cfg.RuleFiles, want)
+		}
+	})
+}
+
+// grafanaDatasources and grafanaDashboardProviders are the parts of
+// Grafana's provisioning files the tests read.
+type (
+	grafanaDatasources struct {
+		Datasources []struct {
+			UID       string `json:"uid"`
+			Type      string `json:"type"`
+			URL       string `json:"url"`
+			IsDefault bool   `json:"isDefault"`
+		} `json:"datasources"`
+	}
+	grafanaDashboardProviders struct {
+		Providers []struct {
+			Type    string `json:"type"`
+			Options struct {
+				Path string `json:"path"`
+			} `json:"options"`
+		} `json:"providers"`
+	}
+)
+
+// Grafana opens, without a login and for viewing only, on the generated
+// dashboard, whose queries go to the compose stack's Prometheus.
+func TestCompose_GrafanaShowsTheDashboardToAnonymousViewers(t *testing.T) {
+	p := loadCompose(t, nil, "observability")
+	grafana := service(t, p, "grafana")
+	env := serviceEnv(grafana)
+	for k, want := range map[string]string{
+		"GF_AUTH_ANONYMOUS_ENABLED":  "true",
+		"GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+	} {
+		if env[k] != want {
+			t.Errorf("%s=%q, want %q", k, env[k], want)
+		}
+	}
+	dashboard := repoPath(t, "observability/grafana/dashboards/service.json")
+	if home, ok := hostPath(grafana, env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]); !ok || home != dashboard {
+		t.Errorf("the home dashboard %q is mounted from %q, want %s", env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"], home, dashboard)
+	}
+
+	// Grafana reads /etc/grafana/provisioning/<kind>/*.yaml: each file of
+	// the repository's provisioning directory must be there.
+	provisioning := repoPath(t, "observability/grafana/provisioning")
+	var datasources, dashboards []string // their host paths
+	err := filepath.WalkDir(provisioning, func(file string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(provisioning, file)
+		if err != nil {
+			return err
+		}
+		inContainer := path.Join("/etc/grafana/provisioning", filepath.ToSlash(rel))
+		if got, ok := hostPath(grafana, inContainer); !ok || got != file {
+			t.Errorf("%s is not mounted at %s", file, inContainer)
+		}
+		switch path.Dir(filepath.ToSlash(rel)) {
+		case "datasources":
+			datasources = append(datasources, file)
+		case "dashboards":
+			dashboards = append(dashboards, file)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("datasource", func(t *testing.T) {
+		prom := service(t, p, "prometheus")
+		_, listen, err := net.SplitHostPort(flag(prom.Command, "web.listen-address", "0.0.0.0:9090"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, file := range datasources {
+			var ds grafanaDatasources
+			readYAML(t, file, &ds)
+			for _, d := range ds.Datasources {
+				if d.Type != "prometheus" {
+					continue
+				}
+				found = true
+				if u, err := url.Parse(d.URL); err != nil || u.Hostname() != "prometheus" || u.Port() != listen {
+					t.Errorf("%s: data source %q has url %q, want the prometheus service on its port %s", file, d.UID, d.URL, listen)
+				}
+				// The dashboard's datasource variable starts on the default,
+				// and CI queries this uid.
+				if d.UID != "prometheus" || !d.IsDefault {
+					t.Errorf("%s: data source uid %q, default %v; want uid prometheus, the default", file, d.UID, d.IsDefault)
+				}
+			}
+		}
+		if !found {
+			t.Error("no prometheus data source is provisioned")
+		}
+	})
+
+	t.Run("dashboard", func(t *testing.T) {
+		found := false
+		for _, file := range dashboards {
+			var dp grafanaDashboardProviders
+			readYAML(t, file, &dp)
+			for _, pr := range dp.Providers {
+				dir, ok := hostPath(grafana, pr.Options.Path)
+				if pr.Type != "file" || !ok {
+					t.Errorf("%s: provider of type %q reads %q, which no bind mount provides", file, pr.Type, pr.Options.Path)
+					continue
+				}
+				found = found || filepath.Join(dir, filepath.Base(dashboard)) == dashboard
+			}
+		}
+		if !found {
+			t.Errorf("no dashboard provider reads %s", dashboard)
+		}
+	})
 }

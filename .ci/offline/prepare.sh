@@ -47,7 +47,7 @@ log "Docker engine"
 log "docker compose and buildx plugins"
 .ci/offline/plugins.sh >&2
 
-log "Postgres and Redis images (official, else Debian-built stand-ins)"
+log "Postgres, Redis and Prometheus images (official, else Debian-built stand-ins)"
 .ci/offline/images/standins.sh >"$work/standins.env"
 
 log "base images of the Dockerfile (official, else stand-ins)"

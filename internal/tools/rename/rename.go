@@ -52,8 +52,9 @@ var nameRule = fmt.Sprintf("lowercase letters a-z and digits, starting with a le
 var nameRE = regexp.MustCompile(`^[a-z][a-z0-9]*$`)
 
 // dependencies are names the template already gives to other workloads
-// beside the service: Deployments, Services, images, compose services.
-var dependencies = []string{"fakeprovider", "postgres", "redis"}
+// beside the service: Deployments, Services, images, compose services
+// (prometheus and grafana: the observability profile's).
+var dependencies = []string{"fakeprovider", "grafana", "postgres", "prometheus", "redis"}
 
 // checkName says why name cannot replace the template's name, if it
 // cannot. Its rule is the intersection of where the name goes: a DNS label
