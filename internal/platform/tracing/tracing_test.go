@@ -3,6 +3,7 @@ package tracing_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/resiliencekit/payservice/internal/platform/config"
@@ -112,6 +114,34 @@ func TestConfig_HeadersAreMaskedInTheStartUpLog(t *testing.T) {
 	}
 }
 
+// asExportRequest reads body as a collector does, as the OTLP service's
+// ExportTraceServiceRequest, which the protocol defines as
+// `repeated ResourceSpans resource_spans = 1`: nothing but field 1, each
+// occurrence a whole ResourceSpans. The exporter sends a TracesData,
+// whose one field is the same; this holds it to the request's definition
+// without linking the collector package (and with it gRPC).
+func asExportRequest(body []byte) error {
+	for len(body) > 0 {
+		num, typ, n := protowire.ConsumeTag(body)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if num != 1 || typ != protowire.BytesType {
+			return fmt.Errorf("field %d (wire type %d): an ExportTraceServiceRequest has only resource_spans (1, bytes)", num, typ)
+		}
+		body = body[n:]
+		v, n := protowire.ConsumeBytes(body)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		if err := proto.Unmarshal(v, &tracepb.ResourceSpans{}); err != nil {
+			return fmt.Errorf("resource_spans: %w", err)
+		}
+		body = body[n:]
+	}
+	return nil
+}
+
 // collector is an OTLP/HTTP endpoint keeping what it receives.
 type collector struct {
 	mu       sync.Mutex
@@ -123,6 +153,9 @@ type collector struct {
 func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	var data tracepb.TracesData
+	if err == nil {
+		err = asExportRequest(body)
+	}
 	if err == nil {
 		err = proto.Unmarshal(body, &data)
 	}
