@@ -58,12 +58,13 @@ var migrations = []postgres.Migrations{idempotency.Migrations, paymentsdb.Migrat
 // gracefully (server.Run says how, and within what bounds). Each step
 // builds one part from the configuration and the parts before it.
 func Serve(ctx context.Context, getenv func(string) string, stdout io.Writer, version string) error {
-	return serve(ctx, getenv, stdout, version, nil)
+	return ServeExporting(ctx, getenv, stdout, version, nil)
 }
 
-// serve is Serve, its spans exported to export instead when it is not nil
-// and tracing is on: tests keep them in memory.
-func serve(ctx context.Context, getenv func(string) string, stdout io.Writer, version string, export sdktrace.SpanExporter) error {
+// ServeExporting is Serve, its spans exported to export, when it is not
+// nil and OTEL_* turns tracing on, rather than to the configured
+// collector: tests keep them in memory (see internal/app/servetest).
+func ServeExporting(ctx context.Context, getenv func(string) string, stdout io.Writer, version string, export sdktrace.SpanExporter) error {
 	cfg, deprecated, err := Load(getenv)
 	if err != nil {
 		return err

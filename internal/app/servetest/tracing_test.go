@@ -1,4 +1,7 @@
-package app
+// Package servetest holds the tests that run app.Serve against real
+// Postgres and Redis. They live apart from package app so that its own
+// tests need no Docker (a renamed copy of the template runs those).
+package servetest
 
 import (
 	"bufio"
@@ -21,6 +24,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/resiliencekit/payservice/internal/app"
 	"github.com/resiliencekit/payservice/internal/payments/fakeprovider"
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
@@ -231,7 +235,9 @@ func startServeExporting(t *testing.T, env map[string]string, export sdktrace.Sp
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &served{logs: &logLines{}, provider: spy, cancel: cancel, done: make(chan error, 1)}
-	go func() { s.done <- serve(ctx, func(k string) string { return full[k] }, s.logs, "test", export) }()
+	go func() {
+		s.done <- app.ServeExporting(ctx, func(k string) string { return full[k] }, s.logs, "test", export)
+	}()
 	t.Cleanup(func() { _ = s.wait() })
 	listening := func(name string) string {
 		l := s.logs.waitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
