@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
 // These helpers run the real server binary as a child process, for tests
@@ -26,7 +28,7 @@ func buildServer(t *testing.T) string {
 // process is a running server binary.
 type process struct {
 	cmd        *exec.Cmd
-	logs       *logSink
+	logs       *testenv.Logs
 	api, admin string
 	exited     chan struct{}
 	waitErr    error     // valid once exited is closed
@@ -41,7 +43,7 @@ func startProcess(t *testing.T, bin string, env map[string]string) *process {
 	for k, v := range env {
 		full[k] = v
 	}
-	p := &process{cmd: exec.Command(bin), logs: &logSink{}, exited: make(chan struct{})}
+	p := &process{cmd: exec.Command(bin), logs: &testenv.Logs{}, exited: make(chan struct{})}
 	for k, v := range full {
 		p.cmd.Env = append(p.cmd.Env, k+"="+v)
 	}
@@ -57,11 +59,11 @@ func startProcess(t *testing.T, bin string, env map[string]string) *process {
 	t.Cleanup(func() {
 		p.kill(t)
 		if t.Failed() {
-			t.Logf("server logs:\n%s", p.logs.text())
+			t.Logf("server logs:\n%s", p.logs.String())
 		}
 	})
 	addr := func(name string) string {
-		l := p.logs.waitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
+		l := p.logs.WaitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
 		return "http://" + l["addr"].(string)
 	}
 	p.api, p.admin = addr("api"), addr("admin")

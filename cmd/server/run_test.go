@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,76 +19,10 @@ import (
 	"github.com/resiliencekit/payservice/internal/platform/testenv"
 )
 
-// logSink collects the JSON log lines run writes, so a test can wait for
-// one (the listening addresses, say).
-type logSink struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	lines []map[string]any
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.buf.Write(p)
-	for {
-		line, err := s.buf.ReadBytes('\n')
-		if err != nil { // incomplete line: keep it for the next write
-			s.buf.Write(line)
-			break
-		}
-		var m map[string]any
-		if json.Unmarshal(line, &m) == nil {
-			s.lines = append(s.lines, m)
-		}
-	}
-	return len(p), nil
-}
-
-// text returns everything written so far that was not a JSON line, and
-// the JSON lines re-encoded, for a failing test's log.
-func (s *logSink) text() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var b strings.Builder
-	for _, l := range s.lines {
-		line, _ := json.Marshal(l)
-		b.Write(line)
-		b.WriteByte('\n')
-	}
-	b.Write(s.buf.Bytes())
-	return b.String()
-}
-
-// find returns the first line for which match is true.
-func (s *logSink) find(match func(map[string]any) bool) (map[string]any, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, l := range s.lines {
-		if match(l) {
-			return l, true
-		}
-	}
-	return nil, false
-}
-
-func (s *logSink) waitFor(t *testing.T, what string, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if l, ok := s.find(match); ok {
-			return l
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("no log line %s within 30s", what)
-	return nil
-}
-
 // instance is run() in a goroutine.
 type instance struct {
 	api, admin string // base URLs
-	logs       *logSink
+	logs       *testenv.Logs
 	stop       context.CancelFunc
 	done       chan error
 }
@@ -103,7 +36,7 @@ func startRun(t *testing.T, env map[string]string) *instance {
 		full[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &instance{logs: &logSink{}, stop: cancel, done: make(chan error, 1)}
+	s := &instance{logs: &testenv.Logs{}, stop: cancel, done: make(chan error, 1)}
 	var stderr bytes.Buffer
 	go func() { s.done <- run(ctx, nil, func(k string) string { return full[k] }, s.logs, &stderr) }()
 	t.Cleanup(func() {
@@ -118,7 +51,7 @@ func startRun(t *testing.T, env map[string]string) *instance {
 		}
 	})
 	addr := func(name string) string {
-		l := s.logs.waitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
+		l := s.logs.WaitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
 		return "http://" + l["addr"].(string)
 	}
 	s.api, s.admin = addr("api"), addr("admin")
@@ -300,7 +233,7 @@ func TestRun_MigratesTurnsReadyServesAndStops(t *testing.T) {
 		t.Fatal("run did not stop within 10s")
 	}
 	s.done <- nil // for the cleanup
-	s.logs.waitFor(t, "stopped", func(l map[string]any) bool { return l["msg"] == "stopped" })
+	s.logs.WaitFor(t, "stopped", func(l map[string]any) bool { return l["msg"] == "stopped" })
 	if err := run(context.Background(), []string{"healthcheck"}, func(k string) string { return hc[k] }, io.Discard, io.Discard); err == nil {
 		t.Error("healthcheck of a stopped server succeeded")
 	}

@@ -110,7 +110,7 @@ func TestShutdown_SIGTERMUnderLoadLosesNoRequest(t *testing.T) {
 	time.Sleep(time.Duration(300+rand.IntN(700)) * time.Millisecond) // a random moment
 	signalledAt := p.signal(t, syscall.SIGTERM)
 	signalled.Store(signalledAt.UnixNano())
-	p.logs.waitFor(t, "the shutdown to start", func(l map[string]any) bool {
+	p.logs.WaitFor(t, "the shutdown to start", func(l map[string]any) bool {
 		return strings.HasPrefix(fmt.Sprint(l["msg"]), "shutdown signal received")
 	})
 	if status, _ := readiness(t, p.api); status != 503 {
@@ -157,7 +157,7 @@ func TestShutdown_SecondSignalExitsAtOnce(t *testing.T) {
 	waitReady(t, p.api)
 
 	p.signal(t, syscall.SIGTERM)
-	p.logs.waitFor(t, "the shutdown to start", func(l map[string]any) bool {
+	p.logs.WaitFor(t, "the shutdown to start", func(l map[string]any) bool {
 		return strings.HasPrefix(fmt.Sprint(l["msg"]), "shutdown signal received")
 	})
 	second := p.signal(t, syscall.SIGTERM)
@@ -224,7 +224,7 @@ func TestShutdown_RequestOutlastingTheTimeoutIsCutOffOnTime(t *testing.T) {
 	if took < drain+timeout || took > drain+timeout+margin {
 		t.Errorf("exited %s after SIGTERM, want between drain + timeout (%s) and %s more", took, drain+timeout, margin)
 	}
-	if _, ok := p.logs.find(func(l map[string]any) bool {
+	if _, ok := p.logs.Find(func(l map[string]any) bool {
 		return l["level"] == "ERROR" && strings.HasPrefix(fmt.Sprint(l["msg"]), "requests still in flight at SHUTDOWN_TIMEOUT")
 	}); !ok {
 		t.Error("no error logged for the request cut off at SHUTDOWN_TIMEOUT")

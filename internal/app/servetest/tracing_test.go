@@ -5,9 +5,7 @@ package servetest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,7 +111,7 @@ func TestServe_OnePaymentIsOneTrace(t *testing.T) {
 		}
 	}
 
-	lines := s.logs.lines(func(l map[string]any) bool { return l["request_id"] == requestID })
+	lines := s.logs.Lines(func(l map[string]any) bool { return l["request_id"] == requestID })
 	if len(lines) == 0 {
 		t.Fatal("no log line of the request")
 	}
@@ -147,7 +145,7 @@ func TestServe_UntracedUnlessConfigured(t *testing.T) {
 	if got := s.provider.traceparents(); len(got) != 1 || got[0] != "" {
 		t.Errorf("the provider received traceparents %q, want one request without", got)
 	}
-	for _, l := range s.logs.lines(func(l map[string]any) bool { return l["request_id"] == requestID }) {
+	for _, l := range s.logs.Lines(func(l map[string]any) bool { return l["request_id"] == requestID }) {
 		if _, ok := l["trace_id"]; ok {
 			t.Errorf("log line names a trace: %v", l)
 		}
@@ -175,7 +173,7 @@ func TestServe_AHangingCollectorCannotHoldTheShutdown(t *testing.T) {
 	if took := time.Since(stopped); took > 5*time.Second {
 		t.Errorf("serve returned %v after the signal, want about SHUTDOWN_TIMEOUT=1s", took)
 	}
-	s.logs.waitFor(t, "spans not exported", func(l map[string]any) bool {
+	s.logs.WaitFor(t, "spans not exported", func(l map[string]any) bool {
 		return l["msg"] == "work abandoned at SHUTDOWN_TIMEOUT" && strings.Contains(fmt.Sprint(l["err"]), "tracing")
 	})
 }
@@ -198,7 +196,7 @@ func (hangingExporter) Shutdown(context.Context) error { return nil }
 // Redis and a fake provider.
 type served struct {
 	api, admin string
-	logs       *logLines
+	logs       *testenv.Logs
 	provider   *providerSpy
 	spans      *keptSpans // what startServe's exporter kept
 	cancel     context.CancelFunc
@@ -234,17 +232,17 @@ func startServeExporting(t *testing.T, env map[string]string, export sdktrace.Sp
 		full[k] = v
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &served{logs: &logLines{}, provider: spy, cancel: cancel, done: make(chan error, 1)}
+	s := &served{logs: &testenv.Logs{}, provider: spy, cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		s.done <- app.ServeExporting(ctx, func(k string) string { return full[k] }, s.logs, "test", export)
 	}()
 	t.Cleanup(func() { _ = s.wait() })
 	listening := func(name string) string {
-		l := s.logs.waitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
+		l := s.logs.WaitFor(t, "listening "+name, func(l map[string]any) bool { return l["msg"] == "listening" && l["server"] == name })
 		return "http://" + l["addr"].(string)
 	}
 	s.api, s.admin = listening("api"), listening("admin")
-	s.logs.waitFor(t, "ready", func(l map[string]any) bool { return l["msg"] == "ready: schema is current" })
+	s.logs.WaitFor(t, "ready", func(l map[string]any) bool { return l["msg"] == "ready: schema is current" })
 	return s
 }
 
@@ -347,53 +345,6 @@ func (p *providerSpy) traceparents() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.headers...)
-}
-
-// logLines keeps the JSON lines serve logs.
-type logLines struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	parse []map[string]any
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	for {
-		line, err := l.buf.ReadBytes('\n')
-		if err != nil { // incomplete: keep it for the next write
-			l.buf.Write(line)
-			return len(p), nil
-		}
-		var m map[string]any
-		if json.Unmarshal(line, &m) == nil {
-			l.parse = append(l.parse, m)
-		}
-	}
-}
-
-func (l *logLines) lines(match func(map[string]any) bool) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, m := range l.parse {
-		if match(m) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func (l *logLines) waitFor(t *testing.T, what string, match func(map[string]any) bool) map[string]any {
-	t.Helper()
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if found := l.lines(match); len(found) > 0 {
-			return found[0]
-		}
-	}
-	t.Fatalf("no log line %s within 30s", what)
-	return nil
 }
 
 func attrs(s sdktrace.ReadOnlySpan) *attribute.Set {
