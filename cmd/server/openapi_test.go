@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 
@@ -19,23 +17,11 @@ import (
 // every operation the tests exercise: TestOpenAPI_EveryOperationIsExercised.
 var spec = openapitest.MustLoad(api.Spec)
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	openapitest.SayFiltered(os.Stdout)
-	testenv.Main(m)
-}
+func TestMain(m *testing.M) { openapitest.Main(m, testenv.Main) }
 
 // TestOpenAPI_EveryOperationIsExercised runs once every other test of the
-// package has: it is the package's one parallel test, and go test starts
-// parallel tests only after the sequential ones end, whatever their order.
-// A filtered run cannot have exercised everything: TestMain says so.
-func TestOpenAPI_EveryOperationIsExercised(t *testing.T) {
-	t.Parallel()
-	if why := openapitest.Filtered(); why != "" {
-		t.Skipf("not checked: %s", why)
-	}
-	spec.CheckExercised(t)
-}
+// package has (openapitest.CheckExercisedLast says how).
+func TestOpenAPI_EveryOperationIsExercised(t *testing.T) { spec.CheckExercisedLast(t) }
 
 // TestRun_AnswersAsItsOpenAPIDescriptionSays takes the running server
 // through every operation of its description, each exchange checked

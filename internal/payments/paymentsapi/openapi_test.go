@@ -4,12 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -27,11 +25,7 @@ import (
 // exercise: TestOpenAPI_EveryOperationIsExercised.
 var spec = openapitest.MustLoad(api.Spec)
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	openapitest.SayFiltered(os.Stdout)
-	testenv.Main(m)
-}
+func TestMain(m *testing.M) { openapitest.Main(m, testenv.Main) }
 
 func TestOpenAPI_EveryRouteIsDocumentedAndEveryOperationRouted(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
@@ -40,16 +34,8 @@ func TestOpenAPI_EveryRouteIsDocumentedAndEveryOperationRouted(t *testing.T) {
 }
 
 // TestOpenAPI_EveryOperationIsExercised runs once every other test of the
-// package has: it is the package's one parallel test, and go test starts
-// parallel tests only after the sequential ones end, whatever their order.
-// A filtered run cannot have exercised everything: TestMain says so.
-func TestOpenAPI_EveryOperationIsExercised(t *testing.T) {
-	t.Parallel()
-	if why := openapitest.Filtered(); why != "" {
-		t.Skipf("not checked: %s", why)
-	}
-	spec.CheckExercised(t)
-}
+// package has (openapitest.CheckExercisedLast says how).
+func TestOpenAPI_EveryOperationIsExercised(t *testing.T) { spec.CheckExercisedLast(t) }
 
 func TestOpenAPI_IsServedAsEmbedded(t *testing.T) {
 	rec := httptest.NewRecorder()

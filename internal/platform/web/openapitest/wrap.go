@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
+	"testing"
 )
 
 // Handler returns h with every exchange it serves checked, and reported
@@ -186,4 +188,28 @@ func SayFiltered(w io.Writer) {
 	if why := Filtered(); why != "" {
 		fmt.Fprintf(w, "openapi: not checking that the tests exercise every operation: %s\n", why)
 	}
+}
+
+// Main runs a package's tests with run (m.Run's caller: testenv.Main,
+// say), saying first when the run is filtered (SayFiltered). Call it from
+// the TestMain of a package whose tests end in CheckExercisedLast.
+func Main(m *testing.M, run func(*testing.M)) {
+	flag.Parse()
+	SayFiltered(os.Stdout)
+	run(m)
+}
+
+// CheckExercisedLast is the whole of a package's "every operation is
+// exercised" test. It makes that test parallel, the package's only one:
+// go test starts parallel tests once the sequential ones have ended, so
+// the check sees every exchange they made, whatever the tests' order. A
+// filtered run cannot have exercised everything: the test is then skipped
+// with the filter named (and Main said so before any test ran).
+func (s *Spec) CheckExercisedLast(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+	if why := Filtered(); why != "" {
+		t.Skipf("not checked: %s", why)
+	}
+	s.CheckExercised(t)
 }
